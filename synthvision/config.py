@@ -1,0 +1,245 @@
+"""The build spec: pydantic models loaded from YAML, with `--set a.b=value` overrides.
+
+Unknown keys are rejected everywhere; every error names the key path and what was expected.
+Component parameters (`objects.params`, `background.params`) are validated by the component's own
+registered `Params` model when the build resolves its sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synthvision.errors import SpecError
+from synthvision.registry import format_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ClassSpec(_Strict):
+    """One class: its name, optional prompts (for text-conditioned generators), and its target.
+
+    Targets: `count` (instances of this class in the whole dataset) or `weight` (relative share
+    of the placed objects). Either every class has a `count`, or none has.
+    """
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    prompts: list[str] = Field(default_factory=list)
+    count: PositiveInt | None = None
+    weight: Annotated[float, Field(gt=0.0)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        # Class names end up in file contents (data.yaml) and possibly file names: keep them tame.
+        if v.strip() != v or any(c in v for c in "/\\\n\r\t\0") or v in (".", ".."):
+            raise ValueError("must be a plain name without slashes, control characters or padding")
+        return v
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ClassSpec:
+        if self.count is not None and self.weight is not None:
+            raise ValueError("give either count or weight, not both")
+        return self
+
+
+class ComponentSpec(_Strict):
+    """A registered component by name, with its own parameters."""
+
+    name: Annotated[str, Field(min_length=1)]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LayoutSpec(_Strict):
+    """How objects are placed. Sizes are fractions of the image's shorter side."""
+
+    scale: tuple[Fraction, Fraction] = (0.12, 0.4)
+    aspect: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.75, 1.333)
+    max_iou: Fraction = 0.3
+    min_visibility: Fraction = 0.35
+    min_area_px: Annotated[int, Field(ge=1)] = 16
+    edge_softness_px: Annotated[float, Field(ge=0.0, le=16.0)] = 1.0
+    placement_tries: Annotated[int, Field(ge=1, le=1000)] = 30
+
+    @model_validator(mode="after")
+    def _ranges(self) -> LayoutSpec:
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError("scale must be [low, high] with 0 < low <= high <= 1")
+        if self.aspect[0] > self.aspect[1]:
+            raise ValueError("aspect must be [low, high] with low <= high")
+        return self
+
+
+class ExportSpec(_Strict):
+    formats: list[Literal["coco", "yolo"]] = Field(default_factory=lambda: ["coco", "yolo"])
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
+    png_compress_level: Annotated[int, Field(ge=0, le=9)] = 1
+    coco_masks: Literal["rle", "polygon", "none"] = "rle"
+    yolo_task: Literal["detect", "segment"] = "detect"
+    preview_images: Annotated[int, Field(ge=0, le=64)] = 16
+
+    @field_validator("formats")
+    @classmethod
+    def _nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one export format (coco, yolo)")
+        return sorted(set(v))
+
+
+class Spec(_Strict):
+    """A dataset build: what to generate, how many, and how to export it."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    num_images: PositiveInt
+    image_size: tuple[PositiveInt, PositiveInt] = Field(
+        default=(512, 512), description="(height, width) in pixels"
+    )
+    splits: dict[str, Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=lambda: {"train": 0.9, "val": 0.1}
+    )
+    classes: list[ClassSpec]
+    objects_per_image: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (1, 6)
+    objects: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="procedural"))
+    background: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="procedural"))
+    layout: LayoutSpec = Field(default_factory=LayoutSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_cap(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if max(v) > 8192:
+            raise ValueError("image_size must be at most 8192 px per side")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[ClassSpec]) -> list[ClassSpec]:
+        if not v:
+            raise ValueError("give at least one class")
+        names = [c.name for c in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"class names must be unique (repeated: {', '.join(dupes)})")
+        with_count = sum(c.count is not None for c in v)
+        if 0 < with_count < len(v):
+            raise ValueError("either every class has a count or none has (use weight instead)")
+        return v
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("give at least one split, e.g. {train: 0.9, val: 0.1}")
+        for name in v:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"split name {name!r} must be letters, digits, - or _")
+        total = sum(v.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1 (they sum to {total:g})")
+        return v
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> Spec:
+        lo, hi = self.objects_per_image
+        if lo > hi:
+            raise ValueError("objects_per_image must be [low, high] with low <= high")
+        return self
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved spec: a build directory belongs to exactly one spec."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars/collections: 3, 0.5, true, [1, 2], {a: 1}, plain text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a raw spec dict (list items by index: `classes.0.count=5`)."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set num_images=100")
+        parts = key.strip().split(".")
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise SpecError(f"--set {key}: {where} must be a list index below {len(node)}")
+                if last:
+                    node[int(part)] = _parse_value(raw)
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = _parse_value(raw)
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise SpecError(f"--set {key}: {'.'.join(parts[:depth])} is not a mapping or list")
+    return data
+
+
+def parse_spec(data: Any, source: str = "spec") -> Spec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a YAML mapping of keys, got {type(data).__name__}")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def load_spec_dict(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file {str(p)!r} does not exist (give the path to a YAML spec)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: not a UTF-8 text file") from None
+    if data is None:
+        raise SpecError(f"{p}: the spec file is empty")
+    return data  # type: ignore[no-any-return]
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Load, override and validate a spec file."""
+    data = load_spec_dict(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the spec must be a YAML mapping of keys")
+    return parse_spec(apply_overrides(data, overrides or []), source=str(path))

@@ -1,0 +1,24 @@
+"""Sources of objects, backgrounds and scenes, by registered name.
+
+Built-in procedural sources register on import (numpy + Pillow only); ML sources register lazily
+so importing this package never imports torch.
+"""
+
+from synthvision.generators import procedural  # noqa: F401  (registers "procedural")
+from synthvision.generators.base import (
+    BACKGROUND_SOURCES,
+    OBJECT_SOURCES,
+    BackgroundRequest,
+    BackgroundSource,
+    CropRequest,
+    ObjectSource,
+)
+
+__all__ = [
+    "BACKGROUND_SOURCES",
+    "OBJECT_SOURCES",
+    "BackgroundRequest",
+    "BackgroundSource",
+    "CropRequest",
+    "ObjectSource",
+]
