@@ -98,6 +98,34 @@ class ExportSpec(_Strict):
         return sorted(set(v))
 
 
+class AugmentSpec(_Strict):
+    """Augmentation after generation (see `augment.py`).
+
+    Exactly one of `preset` (a named preset), `pipeline` (an inline albumentations dict, as from
+    `A.to_dict`) or `file` (a YAML/JSON file in albumentations' serialization format), or none of
+    them to disable augmentation. `variants` augmented copies are written per generated image.
+    """
+
+    preset: str | None = None
+    pipeline: dict[str, Any] | None = None
+    file: str | None = None
+    variants: Annotated[int, Field(ge=1, le=100)] = 1
+    keep_original: bool = False
+    min_visibility: Fraction = 0.3
+    min_area_px: Annotated[float, Field(ge=0.0)] = 16.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AugmentSpec:
+        given = [k for k in ("preset", "pipeline", "file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of preset, pipeline or file, not {' and '.join(given)}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, k) is not None for k in ("preset", "pipeline", "file"))
+
+
 class Spec(_Strict):
     """A dataset build: what to generate, how many, and how to export it."""
 
@@ -114,7 +142,13 @@ class Spec(_Strict):
     objects_per_image: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (1, 6)
     objects: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="procedural"))
     background: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="procedural"))
+    scene: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="compose"),
+        description="scene generator: compose (objects on backgrounds) or a diffusion one",
+    )
+    labeler: ComponentSpec | None = None
     layout: LayoutSpec = Field(default_factory=LayoutSpec)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
 
     @field_validator("image_size")

@@ -8,6 +8,7 @@ from synthvision.generators import procedural  # noqa: F401  (registers "procedu
 from synthvision.generators.base import (
     BACKGROUND_SOURCES,
     OBJECT_SOURCES,
+    SCENE_GENERATORS,
     BackgroundRequest,
     BackgroundSource,
     CropRequest,
@@ -17,6 +18,7 @@ from synthvision.generators.base import (
 __all__ = [
     "BACKGROUND_SOURCES",
     "OBJECT_SOURCES",
+    "SCENE_GENERATORS",
     "BackgroundRequest",
     "BackgroundSource",
     "CropRequest",

@@ -16,7 +16,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from synthvision.plan import ImageJob
 from synthvision.registry import Registry
+from synthvision.structures import Sample
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,15 @@ class BackgroundSource(Protocol):
 
 OBJECT_SOURCES: Registry[ObjectSource] = Registry("object source")
 BACKGROUND_SOURCES: Registry[BackgroundSource] = Registry("background source")
+
+
+class SceneGenerator(Protocol):
+    """Makes whole labeled images: compose (objects on backgrounds) or a diffusion scene model."""
+
+    def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
+        """One `Sample` per job, in order; `Sample.index == job.index`; labels in class ids."""
+        ...
+
+
+# factory(params, *, spec: Spec) -> SceneGenerator
+SCENE_GENERATORS: Registry[SceneGenerator] = Registry("scene generator")
