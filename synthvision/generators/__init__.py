@@ -4,7 +4,10 @@ Built-in procedural sources register on import (numpy + Pillow only); ML sources
 so importing this package never imports torch.
 """
 
-from synthvision.generators import procedural  # noqa: F401  (registers "procedural")
+from synthvision.generators import (  # noqa: F401  (built-ins register on import)
+    compose_scene,
+    procedural,
+)
 from synthvision.generators.base import (
     BACKGROUND_SOURCES,
     OBJECT_SOURCES,

@@ -1,0 +1,189 @@
+"""The `synthvision` command line.
+
+Bad input (a SpecError) prints one line `error: ...` to stderr and exits with code 2, never a
+traceback. Heavy modules are imported inside commands so `synthvision --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from synthvision.errors import SpecError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="synthvision",
+    help="Build labeled synthetic image datasets (COCO + YOLO) for training object detectors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _err(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def user_errors(func: F) -> F:
+    """Turn SpecError into one clear line + exit 2, and Ctrl-C into a resume hint."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SpecError as exc:
+            _err(str(exc))
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            _err("interrupted; re-run the same command to resume where it stopped")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@user_errors
+def build(
+    spec: Annotated[Path, typer.Argument(help="YAML spec of the dataset (see configs/).")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output directory [default: outputs/<spec name>]."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a spec key, e.g. --set num_images=100 --set classes.0.count=5."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace synthvision's outputs in --out (a different spec's build, or a "
+            "non-synthvision directory); other files are left alone."
+        ),
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Images generated per batch.")] = 8,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Build a dataset from SPEC. Re-running the same command resumes an interrupted build."""
+    from synthvision.build import build as run_build
+    from synthvision.config import load_spec
+    from synthvision.distributed import process_context
+
+    spec_obj = load_spec(spec, set_ or [])
+    out_dir = out if out is not None else Path("outputs") / spec_obj.name
+    ctx = process_context()
+    result = run_build(
+        spec_obj,
+        out_dir,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        show_progress=progress and ctx.is_main,
+        ctx=ctx,
+    )
+    if not ctx.is_main:
+        return
+    if result.already_complete:
+        typer.echo(f"already complete: {out_dir} (manifest.json exists; nothing to do)")
+    m = result.manifest or {}
+    counts = m.get("counts", {})
+    images = counts.get("images", {})
+    per_split = ", ".join(f"{k} {v}" for k, v in images.items() if k != "total")
+    typer.echo(
+        f"dataset: {out_dir}  ({images.get('total', '?')} images: {per_split}; "
+        f"{counts.get('instances', {}).get('total', '?')} instances)"
+    )
+    outputs = m.get("outputs", {})
+    if outputs.get("coco"):
+        typer.echo(f"  COCO:    {out_dir / 'coco' / 'annotations'}")
+    if outputs.get("yolo"):
+        typer.echo(f"  YOLO:    {out_dir / outputs['yolo']}")
+    if outputs.get("preview"):
+        typer.echo(f"  preview: {out_dir / outputs['preview']}")
+    typer.echo(f"  manifest: {out_dir / 'manifest.json'}")
+    rate = m.get("timings_s", {}).get("images_per_s")
+    if result.generated:
+        typer.echo(
+            f"  generated {result.generated} images in {result.seconds:.1f} s ({rate} img/s)"
+            + (f", {result.skipped} already done" if result.skipped else "")
+        )
+
+
+@app.command()
+@user_errors
+def validate(
+    dataset: Annotated[Path, typer.Argument(help="A directory written by `synthvision build`.")],
+) -> None:
+    """Check every format contract of DATASET: COCO, YOLO, images, and that COCO and YOLO agree.
+
+    Prints each problem and exits 1 if there are any.
+    """
+    from synthvision.validate import validate_dataset
+
+    problems = validate_dataset(dataset)
+    for problem in problems:
+        typer.echo(f"problem: {problem}")
+    if problems:
+        typer.echo(f"{dataset}: {len(problems)} problem(s) found", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{dataset}: valid (COCO, YOLO, images, and COCO/YOLO agreement)")
+
+
+@app.command()
+@user_errors
+def preview(
+    dataset: Annotated[Path, typer.Argument(help="A directory written by `synthvision build`.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG to write [default: DATASET/preview.png].")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Only images of this split.")] = None,
+    num: Annotated[int, typer.Option("--num", "-n", help="Number of images in the grid.")] = 16,
+) -> None:
+    """Draw a PNG grid of DATASET's images with boxes, masks and class names."""
+    from synthvision.preview import preview_dataset
+
+    path = preview_dataset(dataset, out, split=split, num=num)
+    typer.echo(f"preview: {path}")
+
+
+@app.command("sources")
+def list_sources() -> None:
+    """List the registered scene generators, object sources and background sources."""
+    from synthvision.generators import BACKGROUND_SOURCES, OBJECT_SOURCES, SCENE_GENERATORS
+
+    for reg in (SCENE_GENERATORS, OBJECT_SOURCES, BACKGROUND_SOURCES):
+        typer.echo(f"{reg.kind}s: {', '.join(reg.names())}")
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (they import heavy packages lazily)."""
+    import importlib
+
+    for module, attr, name in (
+        ("synthvision.commands.augment", "augment_command", "augment"),
+        ("synthvision.commands.train_cvae", "train_cvae_command", "train-cvae"),
+        ("synthvision.commands.audit", "audit_command", "audit"),
+    ):
+        try:
+            func = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        app.command(name)(user_errors(func))
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app(prog_name="synthvision")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

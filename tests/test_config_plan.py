@@ -1,0 +1,104 @@
+from collections import Counter
+
+import pytest
+
+from synthvision.config import apply_overrides, load_spec, parse_spec
+from synthvision.errors import SpecError
+from synthvision.plan import assign_splits, make_plan
+
+BASE = {"name": "t", "num_images": 20, "classes": [{"name": "disc"}, {"name": "star"}]}
+
+
+def spec(**over):  # type: ignore[no-untyped-def]
+    return parse_spec({**BASE, **over})
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({**BASE, "colour": 1}, "colour: unknown key"),
+        ({**BASE, "num_images": "many"}, "num_images"),
+        ({**BASE, "num_images": 0}, "num_images"),
+        ({**BASE, "classes": []}, "classes"),
+        ({**BASE, "image_size": [0, 64]}, "image_size.0"),
+        ({**BASE, "classes": [{"name": "a", "count": -3}]}, "classes.0.count"),
+        ({**BASE, "classes": [{"name": "a", "colour": "red"}]}, "classes.0.colour: unknown key"),
+        ({**BASE, "layout": {"max_iou": 2}}, "layout.max_iou"),
+        ({**BASE, "splits": {"train": 0.5}}, "sum to 1"),
+        ({**BASE, "classes": [{"name": "a/../b"}]}, "classes.0.name"),
+        ({**BASE, "classes": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ({**BASE, "objects_per_image": [3, 1]}, "objects_per_image"),
+    ],
+)
+def test_bad_specs_name_the_key(data: dict, needle: str) -> None:
+    with pytest.raises(SpecError, match=needle.replace(".", r"\.")):
+        parse_spec(data)
+
+
+def test_overrides() -> None:
+    d = apply_overrides(BASE, ["num_images=5", "classes.1.weight=0.5", "layout.max_iou=0.1"])
+    s = parse_spec(d)
+    assert s.num_images == 5 and s.classes[1].weight == 0.5 and s.layout.max_iou == 0.1
+    assert BASE["num_images"] == 20  # the input is not mutated
+    with pytest.raises(SpecError, match="KEY=VALUE"):
+        apply_overrides(BASE, ["num_images"])
+    with pytest.raises(SpecError, match="list index"):
+        apply_overrides(BASE, ["classes.9.weight=1"])
+
+
+def test_load_spec_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec(bad)
+
+
+def test_fingerprint_is_stable_and_sensitive() -> None:
+    assert spec().fingerprint() == spec().fingerprint()
+    assert spec().fingerprint() != spec(seed=1).fingerprint()
+
+
+def test_splits_are_exact_for_every_prefix() -> None:
+    splits = assign_splits({"train": 0.9, "val": 0.1}, 100)
+    assert Counter(splits) == {"train": 90, "val": 10}
+    assert Counter(splits[:10])["val"] == 1
+    assert assign_splits({"train": 0.9, "val": 0.1}, 50) == splits[:50]  # independent of N
+
+
+def test_plan_is_deterministic_and_seeded() -> None:
+    assert make_plan(spec()) == make_plan(spec())
+    assert make_plan(spec()) != make_plan(spec(seed=3))
+    for job in make_plan(spec(objects_per_image=[2, 4])):
+        assert 2 <= len(job.class_ids) <= 4
+
+
+def test_plan_prefix_independent_of_num_images_with_weights() -> None:
+    small, large = make_plan(spec(num_images=10)), make_plan(spec(num_images=30))
+    assert small == large[:10]
+
+
+def test_count_targets_are_met_exactly() -> None:
+    s = spec(
+        num_images=30,
+        classes=[{"name": "disc", "count": 50}, {"name": "star", "count": 7}],
+        objects_per_image=[1, 3],
+    )
+    counts = Counter(c for job in make_plan(s) for c in job.class_ids)
+    assert counts == {0: 50, 1: 7}
+
+
+def test_impossible_counts_are_a_clear_error() -> None:
+    s = spec(num_images=2, classes=[{"name": "disc", "count": 50}], objects_per_image=[1, 3])
+    with pytest.raises(SpecError, match="counts sum to 50"):
+        make_plan(s)
+
+
+def test_weights_shape_the_class_mix() -> None:
+    s = spec(num_images=400, classes=[{"name": "a", "weight": 1}, {"name": "b", "weight": 0.1}])
+    counts = Counter(c for job in make_plan(s) for c in job.class_ids)
+    assert 0.05 < counts[1] / (counts[0] + counts[1]) < 0.15
