@@ -139,6 +139,7 @@ def _record(sample: Sample, split: str, spec: Spec) -> dict[str, Any]:
             sample.instances,
             coco_masks=export.coco_masks,
             polygons=export.yolo_task == "segment" or export.coco_masks == "polygon",
+            size_hw=sample.size_hw,
         ),
         "metadata": sample.metadata,
     }

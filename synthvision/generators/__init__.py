@@ -16,7 +16,14 @@ from synthvision.generators.base import (
     BackgroundSource,
     CropRequest,
     ObjectSource,
+    SceneGenerator,
 )
+
+OBJECT_SOURCES.register_lazy("cvae", "synthvision.generators.cvae")
+OBJECT_SOURCES.register_lazy("diffusion", "synthvision.generators.diffusion")
+BACKGROUND_SOURCES.register_lazy("diffusion", "synthvision.generators.diffusion")
+SCENE_GENERATORS.register_lazy("diffusion-attention", "synthvision.generators.diffusion_scenes")
+SCENE_GENERATORS.register_lazy("gligen", "synthvision.generators.gligen")
 
 __all__ = [
     "BACKGROUND_SOURCES",
@@ -26,4 +33,5 @@ __all__ = [
     "BackgroundSource",
     "CropRequest",
     "ObjectSource",
+    "SceneGenerator",
 ]

@@ -1,0 +1,68 @@
+"""`synthvision preview DIR`: a PNG grid of a built dataset's images with their labels.
+
+Reads the COCO export (masks included) when present, else the YOLO export, so it shows what a
+consumer of the files would see, not what the generator meant to write.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from synthvision.errors import SpecError
+from synthvision.viz import draw_instances, save_preview
+
+
+def preview_dataset(
+    dataset: Path, out: Path | None = None, *, split: str | None = None, num: int = 16
+) -> Path:
+    """Write the preview PNG of `dataset` (a `synthvision build` output); returns its path."""
+    if not dataset.is_dir():
+        raise SpecError(f"dataset directory {str(dataset)!r} does not exist")
+    if num < 1:
+        raise SpecError(f"--num must be at least 1 (got {num})")
+    tiles, captions = [], []
+    coco_files = sorted((dataset / "coco" / "annotations").glob("instances_*.json"))
+    yolo_yaml = dataset / "yolo" / "data.yaml"
+    if split is not None:
+        coco_files = [p for p in coco_files if p.stem == f"instances_{split}"]
+    if coco_files:
+        from synthvision.formats.coco import load_coco
+
+        for ann_path in coco_files:
+            split_name = ann_path.stem.removeprefix("instances_")
+            class_map, images = load_coco(ann_path)
+            for item in islice(images, num - len(tiles)):
+                path = dataset / "coco" / "images" / split_name / item.file_name
+                tiles.append(_draw(path, item.instances, class_map.names))
+                captions.append(f"{split_name}/{item.file_name} ({len(item.instances)})")
+    elif yolo_yaml.is_file():
+        from synthvision.formats.yolo import load_yolo
+
+        splits = [split] if split else sorted(p.name for p in (dataset / "yolo/labels").iterdir())
+        for split_name in splits:
+            class_map, images = load_yolo(dataset / "yolo", split_name)
+            for item in islice(images, num - len(tiles)):
+                path = dataset / "yolo" / "images" / split_name / item.file_name
+                tiles.append(_draw(path, item.instances, class_map.names))
+                captions.append(f"{split_name}/{item.file_name} ({len(item.instances)})")
+    else:
+        raise SpecError(
+            f"{dataset} has no coco/annotations/instances_*.json or yolo/data.yaml"
+            + (f" for split {split!r}" if split else "")
+            + "; give a directory written by `synthvision build`"
+        )
+    if not tiles:
+        raise SpecError(f"{dataset}: no images to preview" + (f" in split {split!r}" if split else ""))
+    path = out if out is not None else dataset / "preview.png"
+    save_preview(path, tiles, captions=captions)
+    return path
+
+
+def _draw(path: Path, instances, names) -> np.ndarray:  # type: ignore[no-untyped-def]
+    with Image.open(path) as img:
+        image = np.asarray(img.convert("RGB"))
+    return draw_instances(image, instances, names)

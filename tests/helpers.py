@@ -1,0 +1,37 @@
+"""Small specs and file comparisons shared by the build tests."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from synthvision.config import Spec, parse_spec
+
+SHAPES = ["disc", "square", "triangle", "star", "ring", "hexagon"]
+
+
+def small_spec(**over: Any) -> Spec:
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 7,
+        "num_images": 9,
+        "image_size": [96, 128],
+        "splits": {"train": 0.7, "val": 0.3},
+        "classes": [{"name": n} for n in SHAPES],
+        "objects_per_image": [0, 5],
+        "layout": {"scale": [0.15, 0.45]},
+        "export": {"preview_images": 4},
+    }
+    data.update(over)
+    return parse_spec(data)
+
+
+def dataset_digests(out: Path) -> dict[str, str]:
+    """sha256 of every annotation and image file of a finished build (not the manifest/logs)."""
+    digests = {}
+    for sub in ("coco", "yolo"):
+        for path in sorted((out / sub).rglob("*")):
+            if path.is_file():
+                digests[str(path.relative_to(out))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests

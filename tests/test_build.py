@@ -1,0 +1,157 @@
+"""End-to-end builds checked with independent readers (pycocotools, supervision)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from synthvision.build import build
+from synthvision.errors import OutputDirError
+from synthvision.validate import validate_dataset
+
+from .helpers import dataset_digests, small_spec
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("build") / "ds"
+    build(small_spec(num_images=14), out, show_progress=False)
+    return out
+
+
+def _self_eval_ap(ann_path: Path, iou_type: str) -> float:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_path))
+        dets = [
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": a["bbox"],
+                "segmentation": a["segmentation"],
+                "score": 1.0,
+            }
+            for a in gt.dataset["annotations"]
+        ]
+        ev = COCOeval(gt, gt.loadRes(dets), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0])
+
+
+def test_layout_and_manifest(built: Path) -> None:
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["counts"]["images"] == {"total": 14, "train": 10, "val": 4}
+    assert manifest["spec"]["seed"] == 7 and manifest["versions"]["numpy"]
+    assert (built / "spec.yaml").is_file() and (built / "preview.png").is_file()
+    assert (built / "coco/annotations/instances_train.json").is_file()
+    assert len(list((built / "yolo/labels/train").glob("*.txt"))) == 10
+    assert validate_dataset(built) == []
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_coco_self_evaluation_is_perfect(built: Path, iou_type: str) -> None:
+    for split in ("train", "val"):
+        assert _self_eval_ap(built / f"coco/annotations/instances_{split}.json", iou_type) == 1.0
+
+
+def test_boxes_are_tight_boxes_of_visible_masks(built: Path) -> None:
+    coco = json.loads((built / "coco/annotations/instances_train.json").read_text())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
+    assert coco["annotations"], "the test dataset should hold instances"
+    for ann in coco["annotations"]:
+        h, w = sizes[ann["image_id"]]
+        x, y, bw, bh = ann["bbox"]
+        assert bw > 0 and bh > 0 and x >= 0 and y >= 0 and x + bw <= w and y + bh <= h
+        mask = mask_utils.decode(ann["segmentation"]).astype(bool)
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert [x, y, x + bw, y + bh] == [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]
+        assert ann["area"] == mask.sum() > 0
+
+
+def test_supervision_reads_coco_and_yolo_like_we_wrote(built: Path) -> None:
+    sv = pytest.importorskip("supervision")
+    for split in ("train", "val"):
+        ann_path = built / f"coco/annotations/instances_{split}.json"
+        coco = json.loads(ann_path.read_text())
+        names = [c["name"] for c in coco["categories"]]
+        ours: dict[str, tuple[np.ndarray, list[str]]] = {}
+        by_image: dict[int, list[dict]] = {}
+        for ann in coco["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        for im in coco["images"]:
+            anns = by_image.get(im["id"], [])
+            xyxy = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                              a["bbox"][1] + a["bbox"][3]] for a in anns]).reshape(-1, 4)
+            ours[Path(im["file_name"]).stem] = (xyxy, [names[a["category_id"] - 1] for a in anns])
+        from_coco = sv.DetectionDataset.from_coco(
+            images_directory_path=str(built / f"coco/images/{split}"),
+            annotations_path=str(ann_path),
+        )
+        from_yolo = sv.DetectionDataset.from_yolo(
+            images_directory_path=str(built / f"yolo/images/{split}"),
+            annotations_directory_path=str(built / f"yolo/labels/{split}"),
+            data_yaml_path=str(built / "yolo/data.yaml"),
+        )
+        for ds in (from_coco, from_yolo):
+            assert list(ds.classes) == names
+            assert len(ds) == len(ours)
+            for path, _, det in ds:
+                xyxy, classes = ours[Path(path).stem]
+                order_ours, order_theirs = np.lexsort(xyxy.T[::-1]), np.lexsort(det.xyxy.T[::-1])
+                np.testing.assert_allclose(det.xyxy[order_theirs], xyxy[order_ours], atol=1e-3)
+                got = [ds.classes[c] for c in det.class_id[order_theirs]]
+                assert got == [classes[i] for i in order_ours]
+
+
+def test_same_spec_gives_identical_bytes_whatever_the_batch_size(tmp_path: Path) -> None:
+    spec = small_spec()
+    build(spec, tmp_path / "a", show_progress=False, batch_size=4)
+    build(spec, tmp_path / "b", show_progress=False, batch_size=1)
+    a, b = dataset_digests(tmp_path / "a"), dataset_digests(tmp_path / "b")
+    assert a and a == b
+    build(small_spec(seed=8), tmp_path / "c", show_progress=False)
+    assert dataset_digests(tmp_path / "c") != a
+
+
+def test_rerun_is_complete_and_other_specs_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    build(small_spec(), out, show_progress=False)
+    again = build(small_spec(), out, show_progress=False)
+    assert again.already_complete and again.generated == 0
+    with pytest.raises(OutputDirError, match="different spec"):
+        build(small_spec(seed=99), out, show_progress=False)
+    (out / "notes.txt").write_text("mine")
+    result = build(small_spec(seed=99), out, show_progress=False, overwrite=True)
+    assert result.generated == 9 and (out / "notes.txt").read_text() == "mine"
+
+
+def test_non_synthvision_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("data")
+    with pytest.raises(OutputDirError, match="not a synthvision output"):
+        build(small_spec(), tmp_path, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
+
+
+def test_resume_after_lost_records_regenerates_only_those(tmp_path: Path) -> None:
+    spec = small_spec()
+    ref = tmp_path / "ref"
+    build(spec, ref, show_progress=False)
+    out = tmp_path / "ds"
+    build(spec, out, show_progress=False)
+    # Simulate a crash: no manifest, a partial last record line, one image never recorded.
+    (out / "manifest.json").unlink()
+    records = out / "shards/rank-00000/records.jsonl"
+    lines = records.read_bytes().splitlines(keepends=True)
+    records.write_bytes(b"".join(lines[:5]) + lines[5][:20])
+    result = build(spec, out, show_progress=False)
+    assert result.skipped == 5 and result.generated == 4
+    assert dataset_digests(out) == dataset_digests(ref)

@@ -1,0 +1,101 @@
+"""The command line: bad input is one clear line and exit code 2, with nothing half-written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .helpers import small_spec
+
+GOOD = small_spec(num_images=3).to_dict()
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "synthvision", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def write_spec(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+BAD_SPECS = {
+    "unknown key": ({**GOOD, "colour": "red"}, "colour"),
+    "wrong type": ({**GOOD, "num_images": "lots"}, "num_images"),
+    "zero count": ({**GOOD, "num_images": 0}, "num_images"),
+    "negative class count": (
+        {**GOOD, "classes": [{"name": "disc", "count": -1}]},
+        "classes.0.count",
+    ),
+    "empty class list": ({**GOOD, "classes": []}, "classes"),
+    "image size not positive": ({**GOOD, "image_size": [0, 64]}, "image_size"),
+    "unknown source": ({**GOOD, "objects": {"name": "nope"}}, "objects.name"),
+    "unknown source param": (
+        {**GOOD, "background": {"name": "procedural", "params": {"wat": 1}}},
+        "background.params.wat",
+    ),
+    "class unknown to the source": ({**GOOD, "classes": [{"name": "zebra"}]}, "zebra"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_spec_is_one_line_exit_2_no_manifest(tmp_path: Path, case: str) -> None:
+    data, needle = BAD_SPECS[case]
+    out = tmp_path / "out"
+    res = run("build", str(write_spec(tmp_path, data)), "--out", str(out), "--no-progress")
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (out / "manifest.json").exists()
+
+
+def test_unwritable_output_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    res = run("build", str(write_spec(tmp_path, GOOD)), "--out", str(blocker / "out"))
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "--out" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_spec_file_and_bad_override(tmp_path: Path) -> None:
+    res = run("build", str(tmp_path / "missing.yaml"))
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    res = run("build", str(write_spec(tmp_path, GOOD)), "--set", "num_images")
+    assert res.returncode == 2 and "KEY=VALUE" in res.stderr
+
+
+def test_build_validate_preview_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    spec_path = write_spec(tmp_path, GOOD)
+    res = run("build", str(spec_path), "--out", str(out), "--set", "num_images=4", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "preview:" in res.stdout and str(out) in res.stdout
+    assert run("validate", str(out)).returncode == 0
+    res = run("preview", str(out), "--out", str(tmp_path / "p.png"), "-n", "3")
+    assert res.returncode == 0 and (tmp_path / "p.png").stat().st_size > 0
+    # A broken dataset fails validation with a non-zero code.
+    next((out / "yolo/labels/train").glob("*.txt")).write_text("0 0.5 0.5 1.5 0.2\n")
+    res = run("validate", str(out))
+    assert res.returncode == 1 and "problem:" in res.stdout
+
+
+def test_validate_missing_dir_is_exit_2(tmp_path: Path) -> None:
+    res = run("validate", str(tmp_path / "nope"))
+    assert res.returncode == 2 and res.stderr.startswith("error: ")
+
+
+def test_help_is_fast_and_lists_commands() -> None:
+    res = run("--help")
+    assert res.returncode == 0
+    for cmd in ("build", "validate", "preview"):
+        assert cmd in res.stdout
+    probe = "import sys, synthvision.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"

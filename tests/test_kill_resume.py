@@ -1,0 +1,45 @@
+"""A build killed with SIGKILL part-way and re-run equals an uninterrupted build, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .helpers import dataset_digests, small_spec
+
+
+def _cli(spec_path: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "synthvision", "build", str(spec_path), "--out", str(out),
+            "--no-progress", "--batch-size", "2"]  # fmt: skip
+
+
+def test_sigkill_then_rerun_is_byte_identical(tmp_path: Path) -> None:
+    spec = small_spec(num_images=40, image_size=[160, 160])
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec.to_dict()))
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_cli(spec_path, ref), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_cli(spec_path, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    records = out / "shards/rank-00000/records.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.exists() and records.read_bytes().count(b"\n") >= 8:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+
+    rerun = subprocess.run(_cli(spec_path, out), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already done" in rerun.stdout
+    assert (out / "manifest.json").exists()
+    assert dataset_digests(out) == dataset_digests(ref)

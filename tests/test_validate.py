@@ -1,0 +1,254 @@
+"""`validate_dataset`: silent on a good build folder, and finds each injected fault.
+
+The build layout is written here by a small helper from hand-made samples (shard images
+hard-linked into coco/ and yolo/), independent of build.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from synthvision.boxes import masks_to_xyxy
+from synthvision.errors import SpecError
+from synthvision.formats.coco import CocoWriter
+from synthvision.formats.images import IMAGE_SUFFIX, encode_image, write_bytes_atomic
+from synthvision.formats.records import instance_records
+from synthvision.formats.yolo import write_data_yaml, yolo_label_text
+from synthvision.structures import ClassMap, Instances, Sample
+from synthvision.validate import validate_dataset
+
+CLASSES = ClassMap(("cat", "dog", "cone"))
+SIZE_HW = (48, 64)
+
+
+def _samples(n: int, seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    h, w = SIZE_HW
+    out = []
+    for index in range(n):
+        masks = []
+        for _ in range(index % 3 + (index == 1)):
+            m = np.zeros(SIZE_HW, np.uint8)
+            center = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            axes = (int(rng.integers(2, 14)), int(rng.integers(2, 14)))
+            cv2.ellipse(m, center, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+            if rng.random() < 0.5:  # a second part
+                cv2.circle(m, (int(rng.integers(0, w)), int(rng.integers(0, h))), 3, 1, -1)
+            masks.append(m.astype(bool))
+        stack = np.stack(masks) if masks else np.zeros((0, *SIZE_HW), bool)
+        xyxy = masks_to_xyxy(stack).astype(np.float32)
+        inst = Instances(xyxy, rng.integers(0, 3, len(masks)), masks=stack)
+        image = rng.integers(0, 256, (*SIZE_HW, 3), dtype=np.uint8)
+        out.append(Sample(index=index, image=image, instances=inst))
+    return out
+
+
+def write_build(
+    out: Path,
+    splits: dict[str, list[Sample]],
+    coco_masks: str = "rle",
+    yolo_task: str = "detect",
+) -> Path:
+    """The final build layout (see DESIGN.md), manifest written last."""
+    shard = out / "shards" / "rank-00000" / "images"
+    shard.mkdir(parents=True)
+    suffix = IMAGE_SUFFIX["jpeg"]
+    for split, samples in splits.items():
+        coco_dir = out / "coco" / "images" / split
+        yolo_img = out / "yolo" / "images" / split
+        yolo_lbl = out / "yolo" / "labels" / split
+        for d in (coco_dir, yolo_img, yolo_lbl):
+            d.mkdir(parents=True)
+        path = out / "coco" / "annotations" / f"instances_{split}.json"
+        with CocoWriter(path, CLASSES, info={"description": "test"}, mask_mode=coco_masks) as w:  # type: ignore[arg-type]
+            for s in samples:
+                name = f"{s.index:09d}{suffix}"
+                write_bytes_atomic(shard / name, encode_image(s.image, "jpeg"))
+                os.link(shard / name, coco_dir / name)
+                os.link(shard / name, yolo_img / name)
+                recs = instance_records(
+                    s.instances,
+                    coco_masks=coco_masks,  # type: ignore[arg-type]
+                    polygons=yolo_task == "segment",
+                    size_hw=s.size_hw,
+                )
+                w.add_image(s.index + 1, name, s.size_hw, recs)
+                text = yolo_label_text(recs, s.size_hw, yolo_task)  # type: ignore[arg-type]
+                write_bytes_atomic(yolo_lbl / f"{s.index:09d}.txt", text)
+    write_data_yaml(out / "yolo", CLASSES, list(splits))
+    spec = {"name": "t", "export": {"formats": ["coco", "yolo"], "coco_masks": coco_masks,
+                                    "yolo_task": yolo_task}}  # fmt: skip
+    (out / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (out / "preview.png").write_bytes(encode_image(np.zeros((4, 4, 3), np.uint8), "png"))
+    (out / "manifest.json").write_text(
+        json.dumps({"counts": {k: len(v) for k, v in splits.items()}})
+    )
+    return out
+
+
+@pytest.fixture
+def build(tmp_path: Path) -> Path:
+    samples = _samples(8)
+    return write_build(tmp_path / "out", {"train": samples[:6], "val": samples[6:]})
+
+
+def _edit_json(path: Path, fn) -> None:  # type: ignore[no-untyped-def]
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data))
+
+
+def _coco(build: Path, split: str = "train") -> Path:
+    return build / "coco" / "annotations" / f"instances_{split}.json"
+
+
+def _has(problems: list[str], *words: str) -> bool:
+    return any(all(w in p for w in words) for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("coco_masks", "yolo_task"), [("rle", "detect"), ("polygon", "segment"), ("none", "detect"),
+                                  ("rle", "segment"), ("none", "segment")]
+)  # fmt: skip
+def test_good_build_is_valid(tmp_path: Path, coco_masks: str, yolo_task: str) -> None:
+    samples = _samples(7, seed=1)
+    out = write_build(tmp_path / "o", {"train": samples[:5], "val": samples[5:]}, coco_masks,
+                      yolo_task)  # fmt: skip
+    assert validate_dataset(out) == []
+
+
+def test_bad_input_raises(tmp_path: Path) -> None:
+    with pytest.raises(SpecError):
+        validate_dataset(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SpecError):
+        validate_dataset(tmp_path / "file")
+
+
+def test_missing_manifest(build: Path) -> None:
+    (build / "manifest.json").unlink()
+    problems = validate_dataset(build)
+    assert len(problems) == 1 and "manifest.json" in problems[0]
+
+
+def test_bad_bbox(build: Path) -> None:
+    def shift(data: dict) -> None:  # type: ignore[type-arg]
+        data["annotations"][0]["bbox"][0] += 1.0
+        data["annotations"][1]["bbox"] = [60.0, 40.0, 10.0, 10.0]  # outside 64x48
+
+    _edit_json(_coco(build), shift)
+    problems = validate_dataset(build)
+    assert _has(problems, "annotation 1", "tight box")
+    assert _has(problems, "annotation 2", "outside")
+    assert _has(problems, "COCO/YOLO disagree")  # the YOLO boxes no longer match either
+
+
+def test_coco_contract_faults(build: Path) -> None:
+    def break_it(data: dict) -> None:  # type: ignore[type-arg]
+        del data["licenses"]
+
+    _edit_json(_coco(build, "val"), break_it)
+
+    def break_anns(data: dict) -> None:  # type: ignore[type-arg]
+        a = data["annotations"]
+        a[0]["area"] = 0
+        a[1]["iscrowd"] = 1
+        a[2]["id"] = a[3]["id"]
+        a[4]["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]
+
+    _edit_json(_coco(build), break_anns)
+    problems = validate_dataset(build)
+    assert _has(problems, "instances_val.json", "licenses")
+    assert _has(problems, "area 0")
+    assert _has(problems, "iscrowd")
+    assert _has(problems, "appears twice")
+    assert _has(problems, "polygon has 4 numbers")
+
+
+def test_missing_and_corrupt_images(build: Path) -> None:
+    (build / "coco" / "images" / "train" / "000000002.jpg").unlink()
+    shard = build / "shards" / "rank-00000" / "images" / "000000003.jpg"
+    data = shard.read_bytes()
+    with open(shard, "r+b") as f:  # in place: every hard link sees it
+        f.truncate(len(data) // 2)
+    problems = validate_dataset(build)
+    assert _has(problems, "coco/images/train/000000002.jpg")
+    assert _has(problems, "coco/images/train/000000003.jpg", "decode")
+    assert _has(problems, "yolo/images/train/000000003.jpg", "decode")
+
+
+def test_mixed_yolo_rows_and_orphans(build: Path) -> None:
+    label = build / "yolo" / "labels" / "train" / "000000001.txt"
+    assert label.read_text()
+    label.write_text(label.read_text() + "0 0.1 0.1 0.2 0.1 0.2 0.2\n")
+    (build / "yolo" / "labels" / "train" / "000000099.txt").write_text("")
+    (build / "yolo" / "labels" / "train" / "000000004.txt").unlink()
+    bad = build / "yolo" / "labels" / "val" / "000000007.txt"
+    bad.write_text("5 0.5 0.5 0.1 0.1\n0 0.5 0.5 1.5 0.1\n")
+    problems = validate_dataset(build)
+    assert _has(problems, "000000001.txt", "mixes")
+    assert _has(problems, "000000099.txt", "no image")
+    assert _has(problems, "000000004.txt", "missing")
+    assert _has(problems, "000000007.txt", "out of range")
+
+
+def test_data_yaml_faults(build: Path) -> None:
+    data_yaml = build / "yolo" / "data.yaml"
+    doc = yaml.safe_load(data_yaml.read_text())
+    doc["download"] = "https://example.com/x.zip"
+    doc["path"] = "somewhere"
+    doc["names"] = {1: "cat", 2: "dog", 3: "cone"}
+    del doc["val"]
+    data_yaml.write_text(yaml.safe_dump(doc))
+    problems = validate_dataset(build)
+    assert _has(problems, "download")
+    assert _has(problems, "path:")
+    assert _has(problems, "0..n-1")
+    assert _has(problems, "`val:`")
+
+
+def test_coco_yolo_disagreement(build: Path) -> None:
+    label = build / "yolo" / "labels" / "train" / "000000002.txt"
+    rows = label.read_text().splitlines()
+    first = rows[0].split()
+    first[0] = str((int(first[0]) + 1) % 3)
+    label.write_text("\n".join([" ".join(first), *rows[1:]]) + "\n")
+    moved = build / "yolo" / "labels" / "train" / "000000005.txt"
+    vals = moved.read_text().split()
+    vals[1] = f"{float(vals[1]) * 0.5:.6f}"  # move a box
+    moved.write_text(" ".join(vals[:5]) + "\n" + "\n".join(moved.read_text().splitlines()[1:]))
+    doc = yaml.safe_load((build / "yolo" / "data.yaml").read_text())
+    doc["names"][2] = "traffic cone"
+    (build / "yolo" / "data.yaml").write_text(yaml.safe_dump(doc))
+    problems = validate_dataset(build)
+    assert _has(problems, "000000002.jpg", "classes differ")
+    assert _has(problems, "000000005.jpg", "no YOLO row")
+    assert _has(problems, "class names differ")
+
+
+def test_split_and_image_set_disagreement(build: Path) -> None:
+    os.unlink(build / "yolo" / "images" / "val" / "000000007.jpg")
+    os.unlink(build / "yolo" / "labels" / "val" / "000000007.txt")
+    problems = validate_dataset(build)
+    assert _has(problems, "000000007.jpg", "in COCO, not in YOLO")
+
+
+def test_problems_are_capped(build: Path) -> None:
+    def shift_all(data: dict) -> None:  # type: ignore[type-arg]
+        for a in data["annotations"]:
+            a["bbox"][2] += 0.5
+
+    _edit_json(_coco(build), shift_all)
+    n = len(json.loads(_coco(build).read_text())["annotations"])
+    assert n > 3
+    problems = validate_dataset(build, max_per_kind=3)
+    bbox_lines = [p for p in problems if "tight box" in p]
+    assert len(bbox_lines) == 3
+    assert f"... and {n - 3} more coco-bbox-mask problems" in problems
