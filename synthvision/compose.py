@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
-from synthvision.boxes import masks_to_xyxy
+from synthvision.boxes import mask_to_xyxy
 from synthvision.structures import Instances
 
 
@@ -72,10 +72,16 @@ def compose(
     min_area_px: int,
     edge_softness_px: float,
 ) -> ComposeResult:
-    """Paint `crops` in order on `background` (H, W, 3) uint8 and label their visible parts."""
+    """Paint `crops` in order on `background` (H, W, 3) uint8 and label their visible parts.
+
+    Works on each object's own region only (no full-image float canvas, no full-size mask per
+    object until the kept instances are assembled), so cost grows with object area, not image area.
+    """
     img_h, img_w = background.shape[:2]
-    canvas = background.astype(np.float32)
-    full_masks: list[npt.NDArray[np.bool_]] = []
+    image = background.copy()
+    # Per painted object: its region (y0, y1, x0, x1) and full mask (alpha >= 50%) inside it.
+    regions: list[tuple[int, int, int, int]] = []
+    local_masks: list[npt.NDArray[np.bool_]] = []
     class_ids: list[int] = []
     for crop in crops:
         rgba, dx, dy = fit_crop(crop.rgba, crop.w, crop.h)
@@ -89,34 +95,42 @@ def compose(
             continue
         rgba = rgba[sy0 : sy0 + (y1 - y0c), sx0 : sx0 + (x1 - x0c)]
         alpha = soften_alpha(rgba[..., 3], edge_softness_px)
-        a = (alpha.astype(np.float32) / 255.0)[..., None]
-        region = canvas[y0c:y1, x0c:x1]
-        region *= 1.0 - a
-        region += rgba[..., :3].astype(np.float32) * a
-        full = np.zeros((img_h, img_w), dtype=bool)
-        full[y0c:y1, x0c:x1] = alpha >= 128
-        full_masks.append(full)
+        a = (alpha.astype(np.float32) * (1.0 / 255.0))[..., None]
+        region = image[y0c:y1, x0c:x1]
+        blended = region + (rgba[..., :3].astype(np.float32) - region) * a
+        np.add(blended, 0.5, out=blended)
+        region[...] = blended.astype(np.uint8)  # in [0, 255]: a convex mix of two uint8 values
+        regions.append((y0c, y1, x0c, x1))
+        local_masks.append(alpha >= 128)
         class_ids.append(crop.class_id)
 
-    image = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
-    n = len(full_masks)
-    if n == 0:
-        return ComposeResult(image, Instances.empty((img_h, img_w)), np.zeros(0), len(crops))
-    full_stack = np.stack(full_masks)
-    visible = np.empty_like(full_stack)
+    n = len(local_masks)
+    # Later objects occlude earlier ones: walk back to front, subtracting what is already covered.
     occluder = np.zeros((img_h, img_w), dtype=bool)
-    for k in range(n - 1, -1, -1):  # later objects occlude earlier ones
-        np.logical_and(full_stack[k], ~occluder, out=visible[k])
-        occluder |= full_stack[k]
-    full_area = full_stack.reshape(n, -1).sum(axis=1)
-    vis_area = visible.reshape(n, -1).sum(axis=1)
+    visible: list[npt.NDArray[np.bool_]] = [np.empty(0, bool)] * n
+    full_area = np.zeros(n, dtype=np.int64)
+    vis_area = np.zeros(n, dtype=np.int64)
+    for k in range(n - 1, -1, -1):
+        y0, y1, x0, x1 = regions[k]
+        occ = occluder[y0:y1, x0:x1]
+        visible[k] = local_masks[k] & ~occ
+        occ |= local_masks[k]
+        full_area[k] = local_masks[k].sum()
+        vis_area[k] = visible[k].sum()
     fraction = np.where(full_area > 0, vis_area / np.maximum(full_area, 1), 0.0)
     keep = (full_area > 0) & (fraction >= min_visibility) & (vis_area >= min_area_px)
-    masks = visible[keep]
+    kept = np.flatnonzero(keep)
+    masks = np.zeros((len(kept), img_h, img_w), dtype=bool)
+    xyxy = np.zeros((len(kept), 4), dtype=np.float32)
+    for j, k in enumerate(kept):
+        y0, y1, x0, x1 = regions[k]
+        masks[j, y0:y1, x0:x1] = visible[k]
+        bx0, by0, bx1, by1 = mask_to_xyxy(visible[k])
+        xyxy[j] = (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1)
     instances = Instances(
-        xyxy=masks_to_xyxy(masks).astype(np.float32),
-        class_id=np.asarray(class_ids, dtype=np.int64)[keep],
+        xyxy=xyxy,
+        class_id=np.asarray(class_ids, dtype=np.int64)[kept],
         masks=masks,
-        scores=np.ones(int(keep.sum()), dtype=np.float32),
+        scores=np.ones(len(kept), dtype=np.float32),
     )
-    return ComposeResult(image, instances, fraction[keep], len(crops) - int(keep.sum()))
+    return ComposeResult(image, instances, fraction[kept], len(crops) - len(kept))
