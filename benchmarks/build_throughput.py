@@ -42,7 +42,9 @@ print(json.dumps({
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--spec", default="configs/quickstart.yaml")
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--size", type=int, default=512, help="image side in px")
@@ -50,11 +52,17 @@ def main() -> None:
     args = parser.parse_args()
     print(f"# {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")  # fmt: skip
-    print("| images | size | instances | generate s | merge s | gen img/s | end-to-end img/s | peak RSS MiB |")
+    header = ["images", "size", "instances", "generate s", "merge s", "gen img/s",
+              "end-to-end img/s", "peak RSS MiB"]  # fmt: skip
+    print("| " + " | ".join(header) + " |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.counts:
         with tempfile.TemporaryDirectory() as tmp:
-            overrides = [f"num_images={n}", f"image_size=[{args.size},{args.size}]", *args.overrides]
+            overrides = [
+                f"num_images={n}",
+                f"image_size=[{args.size},{args.size}]",
+                *args.overrides,
+            ]
             out = subprocess.run(
                 [sys.executable, "-c", CHILD, args.spec, str(Path(tmp) / "ds"), *overrides],
                 check=True, capture_output=True, text=True,

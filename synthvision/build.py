@@ -205,7 +205,9 @@ def generate_shard(
     writer = ShardWriter(out_dir, ctx.rank)
     written = 0
     try:
-        with _progress(show_progress, len(my_items), skipped, f"{spec.name} rank {ctx.rank}") as tick:
+        with _progress(
+            show_progress, len(my_items), skipped, f"{spec.name} rank {ctx.rank}"
+        ) as tick:
             for start in range(0, len(todo_jobs), batch_size):
                 batch = [jobs[g] for g in todo_jobs[start : start + batch_size]]
                 for sample in generator.generate(batch):
@@ -300,7 +302,7 @@ def merge(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> dict
         "images": {"total": num_items, **images_per_split},
         "instances": {
             "total": sum(per_class),
-            "per_class": dict(zip(class_map.names, per_class)),
+            "per_class": dict(zip(class_map.names, per_class, strict=True)),
         },
         "dropped_by_visibility": dropped,
         "unplaced_by_layout": unplaced,
@@ -367,8 +369,8 @@ def build(
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         ctx.barrier()
-        manifest = json.loads(manifest_path.read_text()) if ctx.is_main else None
-        return BuildResult(out, True, True, 0, 0, manifest, time.perf_counter() - t0)
+        done = json.loads(manifest_path.read_text()) if ctx.is_main else None
+        return BuildResult(out, True, True, 0, 0, done, time.perf_counter() - t0)
 
     k = variants_per_image(spec)
     num_items = spec.num_images * k
@@ -385,15 +387,17 @@ def build(
         missing = np.flatnonzero(~index.finished)
         if missing.size:
             raise RuntimeError(
-                f"{missing.size} images are missing after generation (first: {missing[:5].tolist()}); "
-                "re-run the same command to finish them"
+                f"{missing.size} images are missing after generation "
+                f"(first: {missing[:5].tolist()}); re-run the same command to finish them"
             )
         counts = merge(spec, out, index, num_items)
         preview = write_preview(spec, out, index, num_items)
         merge_seconds = time.perf_counter() - t_merge
         class_map = ClassMap(spec.class_names)
         planned = planned_class_counts(jobs, len(class_map))
-        counts["instances"]["planned_per_class"] = dict(zip(class_map.names, [p * k for p in planned]))
+        counts["instances"]["planned_per_class"] = dict(
+            zip(class_map.names, [p * k for p in planned], strict=True)
+        )
         manifest = {
             "synthvision_version": __version__,
             "name": spec.name,
@@ -413,7 +417,9 @@ def build(
                 "generate": round(gen_seconds, 3),
                 "merge": round(merge_seconds, 3),
                 "total": round(time.perf_counter() - t0, 3),
-                "images_per_s": round(written / gen_seconds, 2) if written and gen_seconds else None,
+                "images_per_s": round(written / gen_seconds, 2)
+                if written and gen_seconds
+                else None,
             },
             "outputs": {
                 "coco": {s: f"coco/annotations/instances_{s}.json" for s in spec.splits}

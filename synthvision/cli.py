@@ -7,7 +7,6 @@ traceback. Heavy modules are imported inside commands so `synthvision --help` st
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -141,7 +140,8 @@ def validate(
 def preview(
     dataset: Annotated[Path, typer.Argument(help="A directory written by `synthvision build`.")],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="PNG to write [default: DATASET/preview.png].")
+        Path | None,
+        typer.Option("--out", "-o", help="PNG to write [default: DATASET/preview.png]."),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Only images of this split.")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Number of images in the grid.")] = 16,
@@ -186,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -40,14 +40,16 @@ class ComposeResult:
     dropped: int  # placed objects dropped by the visibility / area rules
 
 
-def fit_crop(rgba: npt.NDArray[np.uint8], box_w: int, box_h: int) -> tuple[npt.NDArray[np.uint8], int, int]:
+def fit_crop(
+    rgba: npt.NDArray[np.uint8], box_w: int, box_h: int
+) -> tuple[npt.NDArray[np.uint8], int, int]:
     """Resize `rgba` to fit a box_w x box_h box keeping its aspect; returns (crop, dx, dy) offsets.
 
     Resizing uses premultiplied alpha so transparent pixels do not bleed dark fringes.
     """
     h, w = rgba.shape[:2]
     scale = min(box_w / w, box_h / h)
-    new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     if (new_w, new_h) != (w, h):
         img = Image.fromarray(rgba, "RGBA").convert("RGBa")
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR).convert("RGBA")
@@ -122,7 +124,7 @@ def compose(
     kept = np.flatnonzero(keep)
     masks = np.zeros((len(kept), img_h, img_w), dtype=bool)
     xyxy = np.zeros((len(kept), 4), dtype=np.float32)
-    for j, k in enumerate(kept):
+    for j, k in enumerate(kept.tolist()):
         y0, y1, x0, x1 = regions[k]
         masks[j, y0:y1, x0:x1] = visible[k]
         bx0, by0, bx1, by1 = mask_to_xyxy(visible[k])

@@ -82,7 +82,7 @@ class LayoutSpec(_Strict):
 
 
 class ExportSpec(_Strict):
-    formats: list[Literal["coco", "yolo"]] = Field(default_factory=lambda: ["coco", "yolo"])
+    formats: list[Literal["coco", "yolo"]] = Field(default_factory=lambda: ["coco", "yolo"])  # type: ignore[arg-type]
     image_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
     png_compress_level: Annotated[int, Field(ge=0, le=9)] = 1
@@ -129,7 +129,9 @@ class AugmentSpec(_Strict):
 class Spec(_Strict):
     """A dataset build: what to generate, how many, and how to export it."""
 
-    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    ]
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     num_images: PositiveInt
     image_size: tuple[PositiveInt, PositiveInt] = Field(
@@ -217,7 +219,7 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides to a raw spec dict (list items by index: `classes.0.count=5`)."""
+    """Apply `a.b.c=value` overrides to a raw spec dict (list items by index: `classes.0.n=5`)."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -247,7 +249,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def parse_spec(data: Any, source: str = "spec") -> Spec:
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: the spec must be a YAML mapping of keys, got {type(data).__name__}")
+        raise SpecError(
+            f"{source}: the spec must be a YAML mapping of keys, got {type(data).__name__}"
+        )
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:

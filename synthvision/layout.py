@@ -52,8 +52,8 @@ def place_objects(
         for _ in range(layout.placement_tries):
             size = _log_uniform(gen, *layout.scale) * short
             aspect = _log_uniform(gen, *layout.aspect)
-            w = int(round(min(img_w, size * np.sqrt(aspect))))
-            h = int(round(min(img_h, size / np.sqrt(aspect))))
+            w = round(min(img_w, size * np.sqrt(aspect)))
+            h = round(min(img_h, size / np.sqrt(aspect)))
             if w < 2 or h < 2:
                 continue
             x = int(gen.integers(0, img_w - w + 1))

@@ -43,7 +43,9 @@ def prepare_output_dir(out_dir: Path, fingerprint: str, overwrite: bool) -> bool
     when the directory cannot be created or belongs to something else.
     """
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputDirError(f"output path {str(out_dir)!r} is a file; choose a directory with --out")
+        raise OutputDirError(
+            f"output path {str(out_dir)!r} is a file; choose a directory with --out"
+        )
     resumed = False
     if out_dir.is_dir() and any(out_dir.iterdir()):
         marker = read_marker(out_dir)

@@ -61,11 +61,14 @@ def assign_splits(fractions: dict[str, float], num_images: int) -> list[str]:
 def _objects_per_image(spec: Spec) -> list[int]:
     lo, hi = spec.objects_per_image
     return [
-        int(randomness.rng(spec.seed, i, "plan").integers(lo, hi + 1)) for i in range(spec.num_images)
+        int(randomness.rng(spec.seed, i, "plan").integers(lo, hi + 1))
+        for i in range(spec.num_images)
     ]
 
 
-def _fit_total(counts: list[int], total: int, lo: int, hi: int, gen: np.random.Generator) -> list[int]:
+def _fit_total(
+    counts: list[int], total: int, lo: int, hi: int, gen: np.random.Generator
+) -> list[int]:
     """Adjust per-image counts (each within [lo, hi]) so they sum to `total`."""
     n = len(counts)
     if not n * lo <= total <= n * hi:

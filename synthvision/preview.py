@@ -24,7 +24,8 @@ def preview_dataset(
         raise SpecError(f"dataset directory {str(dataset)!r} does not exist")
     if num < 1:
         raise SpecError(f"--num must be at least 1 (got {num})")
-    tiles, captions = [], []
+    tiles: list[np.ndarray] = []
+    captions: list[str] = []
     coco_files = sorted((dataset / "coco" / "annotations").glob("instances_*.json"))
     yolo_yaml = dataset / "yolo" / "data.yaml"
     if split is not None:
@@ -34,8 +35,8 @@ def preview_dataset(
 
         for ann_path in coco_files:
             split_name = ann_path.stem.removeprefix("instances_")
-            class_map, images = load_coco(ann_path)
-            for item in islice(images, num - len(tiles)):
+            class_map, coco_images = load_coco(ann_path)
+            for item in islice(coco_images, num - len(tiles)):
                 path = dataset / "coco" / "images" / split_name / item.file_name
                 tiles.append(_draw(path, item.instances, class_map.names))
                 captions.append(f"{split_name}/{item.file_name} ({len(item.instances)})")
@@ -44,11 +45,11 @@ def preview_dataset(
 
         splits = [split] if split else sorted(p.name for p in (dataset / "yolo/labels").iterdir())
         for split_name in splits:
-            class_map, images = load_yolo(dataset / "yolo", split_name)
-            for item in islice(images, num - len(tiles)):
-                path = dataset / "yolo" / "images" / split_name / item.file_name
-                tiles.append(_draw(path, item.instances, class_map.names))
-                captions.append(f"{split_name}/{item.file_name} ({len(item.instances)})")
+            class_map, yolo_images = load_yolo(dataset / "yolo", split_name)
+            for yolo_item in islice(yolo_images, num - len(tiles)):
+                path = dataset / "yolo" / "images" / split_name / yolo_item.file_name
+                tiles.append(_draw(path, yolo_item.instances, class_map.names))
+                captions.append(f"{split_name}/{yolo_item.file_name} ({len(yolo_item.instances)})")
     else:
         raise SpecError(
             f"{dataset} has no coco/annotations/instances_*.json or yolo/data.yaml"
@@ -56,7 +57,9 @@ def preview_dataset(
             + "; give a directory written by `synthvision build`"
         )
     if not tiles:
-        raise SpecError(f"{dataset}: no images to preview" + (f" in split {split!r}" if split else ""))
+        raise SpecError(
+            f"{dataset}: no images to preview" + (f" in split {split!r}" if split else "")
+        )
     path = out if out is not None else dataset / "preview.png"
     save_preview(path, tiles, captions=captions)
     return path

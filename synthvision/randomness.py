@@ -36,7 +36,9 @@ def rng(seed: int, index: int, stream: str) -> np.random.Generator:
 
 def derive_seed(seed: int, index: int, stream: str) -> int:
     """A 63-bit integer seed for libraries that take ints (torch, albumentations)."""
-    return int(seed_sequence(seed, index, stream).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    return int(
+        seed_sequence(seed, index, stream).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
+    )
 
 
 def torch_generator(seed: int, index: int, stream: str, device: Any = "cpu") -> torch.Generator:

@@ -54,7 +54,8 @@ class Registry(Generic[T]):
         entry = self._entries.get(name)
         if entry is None:
             raise SpecError(
-                f"{key_path}: unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+                f"{key_path}: unknown {self.kind} {name!r}; "
+                f"choose one of: {', '.join(self.names())}"
             )
         if entry.factory is None and entry.lazy_path is not None:
             importlib.import_module(entry.lazy_path)

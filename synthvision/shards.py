@@ -92,7 +92,7 @@ class ShardWriter:
             stale.unlink(missing_ok=True)
         self.records_path = self.dir / RECORDS_FILE
         self._truncate_partial_tail()
-        self._file = open(self.records_path, "ab")  # noqa: SIM115 - closed in close()
+        self._file = open(self.records_path, "ab")
 
     def _truncate_partial_tail(self) -> None:
         if not self.records_path.exists():

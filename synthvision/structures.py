@@ -137,7 +137,9 @@ class ClassMap:
         try:
             return self.names.index(name)
         except ValueError:
-            raise SpecError(f"unknown class {name!r}; known classes: {', '.join(self.names)}") from None
+            raise SpecError(
+                f"unknown class {name!r}; known classes: {', '.join(self.names)}"
+            ) from None
 
     def name(self, class_id: int) -> str:
         return self.names[class_id]

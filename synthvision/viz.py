@@ -185,6 +185,7 @@ def save_preview(
     try:
         with os.fdopen(fd, "wb") as f:
             grid.save(f, format="PNG")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a preview is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -89,8 +89,17 @@ def test_supervision_reads_coco_and_yolo_like_we_wrote(built: Path) -> None:
             by_image.setdefault(ann["image_id"], []).append(ann)
         for im in coco["images"]:
             anns = by_image.get(im["id"], [])
-            xyxy = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                              a["bbox"][1] + a["bbox"][3]] for a in anns]).reshape(-1, 4)
+            xyxy = np.array(
+                [
+                    [
+                        a["bbox"][0],
+                        a["bbox"][1],
+                        a["bbox"][0] + a["bbox"][2],
+                        a["bbox"][1] + a["bbox"][3],
+                    ]
+                    for a in anns
+                ]
+            ).reshape(-1, 4)
             ours[Path(im["file_name"]).stem] = (xyxy, [names[a["category_id"] - 1] for a in anns])
         from_coco = sv.DetectionDataset.from_coco(
             images_directory_path=str(built / f"coco/images/{split}"),

@@ -98,4 +98,7 @@ def test_help_is_fast_and_lists_commands() -> None:
     for cmd in ("build", "validate", "preview"):
         assert cmd in res.stdout
     probe = "import sys, synthvision.cli; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+        == "False"
+    )

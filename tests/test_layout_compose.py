@@ -53,7 +53,7 @@ def test_soft_edges_keep_mask_at_half_alpha() -> None:
     res = compose(bg, [crop], min_visibility=0.3, min_area_px=1, edge_softness_px=1.5)
     edge = res.image[20, 8:13, 0]
     assert 0 < edge[1] < 200 or 0 < edge[2] < 200  # a soft ramp, not a hard cut
-    x1, y1, x2, y2 = res.instances.xyxy[0]
+    x1, y1, x2, _ = res.instances.xyxy[0]
     assert abs(x1 - 10) <= 1 and abs(x2 - 30) <= 1 and abs(y1 - 10) <= 1
 
 

@@ -48,15 +48,18 @@ class ComposeScene:
                 seed=job.derive_seed(f"object.{p.slot}"),
                 index=job.index,
             )
-            for job, placed in zip(jobs, placements)
+            for job, placed in zip(jobs, placements, strict=True)
             for p in placed
         ]
         crops = iter(self.objects.crops(requests)) if requests else iter(())
         backgrounds = self.background.backgrounds(
-            [BackgroundRequest(job.size_hw, job.derive_seed("background"), job.index) for job in jobs]
+            [
+                BackgroundRequest(job.size_hw, job.derive_seed("background"), job.index)
+                for job in jobs
+            ]
         )
         samples = []
-        for job, placed, bg in zip(jobs, placements, backgrounds):
+        for job, placed, bg in zip(jobs, placements, backgrounds, strict=True):
             placed_crops = [PlacedCrop(next(crops), p.class_id, p.x, p.y, p.w, p.h) for p in placed]
             result = compose(
                 bg,

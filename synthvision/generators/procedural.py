@@ -1,17 +1,18 @@
 """Built-in procedural sources: shape objects and synthetic backgrounds (numpy + Pillow only).
 
 Registered as "procedural" in both `OBJECT_SOURCES` and `BACKGROUND_SOURCES`. No weights, no
-downloads, and fast enough for the quickstart: a 512x512 background costs about 1-2 ms and a
-~150x150 crop under 1 ms on one CPU core.
+downloads, and fast enough for the quickstart (see `benchmarks/README.md`): about 1 ms for a
+512x512 background and under 1 ms for a ~150x150 crop on one CPU core.
 
 Objects: each class is a built-in shape (`PROCEDURAL_CLASSES`) drawn as polygons on a
 supersampled alpha canvas (anti-aliased edges after box downsampling), rotated, then stretched so
 the shape fills the requested (h, w) box. Within a class the colour (class hue range + jitter),
-texture, rotation, aspect, thickness (ring, cross, star, crescent, arrow) and outline vary.
+texture, rotation, aspect, thickness (ring, cross, star, crescent, arrow), shading and outline
+vary. Colours and patterns are composited by Pillow on whole images (no per-pixel Python).
 
-Backgrounds: gradients, radial gradients, multi-octave smooth noise, solid colours, stripes and
-tiles, each with a little monochrome grain. Smooth kinds are computed on a small grid and
-upsampled by Pillow; periodic kinds use one affine resample of a small tile.
+Backgrounds: linear and radial gradients, multi-octave smooth noise, near-solid colours, stripes
+and tiles. Each kind computes one scalar field (uint8 (H, W)) plus a colour ramp; a single
+palette lookup turns it into RGB, with dither and monochrome grain folded into the palette index.
 
 Every draw comes from `np.random.default_rng(request.seed)`: the same request gives the same
 bytes, whatever else is in the batch.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import colorsys
 import math
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import Annotated, Literal, get_args
 
 import numpy as np
@@ -314,7 +314,7 @@ def _pattern(rng: np.random.Generator, kind: str, h: int, w: int) -> Image.Image
 
 
 def _rgb(c: FloatArray) -> tuple[int, int, int]:
-    r, g, b = (int(round(float(x))) for x in np.clip(c, 0.0, 255.0))
+    r, g, b = (round(float(x)) for x in np.clip(c, 0.0, 255.0))
     return r, g, b
 
 
@@ -348,7 +348,7 @@ class ProceduralObjects:
         return [self.render(req.class_name, req.size_hw, req.seed) for req in requests]
 
     def render(self, class_name: str, size_hw: tuple[int, int], seed: int) -> npt.NDArray[np.uint8]:
-        """One RGBA crop (h, w, 4) of `class_name` filling the (h, w) box, drawn from `seed` only."""
+        """One RGBA crop (h, w, 4) of `class_name` filling the box, drawn from `seed` only."""
         shape = self.shape_of.get(class_name) or self._resolve(class_name)
         p = self.params
         rng = np.random.default_rng(seed)
@@ -438,21 +438,6 @@ def _ramp(stops: Sequence[FloatArray], n: int = 256) -> FloatArray:
     return arr[i] + f * (arr[i + 1] - arr[i])
 
 
-@lru_cache(maxsize=64)
-def _interp_matrix(n_out: int, n_in: int) -> FloatArray:
-    """Bilinear upsampling weights (n_out, n_in), pixel centres aligned, edges clamped."""
-    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
-    i0 = np.floor(x).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    f = (x - i0).astype(np.float32)
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    rows = np.arange(n_out)
-    m[rows, i0] += 1.0 - f
-    m[rows, i1] += f
-    m.setflags(write=False)
-    return m
-
-
 def _smooth_noise(
     rng: np.random.Generator, gh: int, gw: int, cells: int, octaves: int
 ) -> FloatArray:
@@ -474,12 +459,13 @@ def _smooth_noise(
 def _noise_field(
     rng: np.random.Generator, h: int, w: int, cells: int, octaves: int
 ) -> npt.NDArray[np.uint8]:
-    """Smooth noise field uint8 (h, w) in 0..255: a coarse grid upsampled by two matmuls."""
+    """Smooth noise field uint8 (h, w) in 0..255: a coarse grid upsampled bilinearly."""
     g = 48  # coarse grid side; finer detail comes from the grain
     gh = max(2, min(h, round(g * h / max(h, w))))
     gw = max(2, min(w, round(g * w / max(h, w))))
-    coarse = _smooth_noise(rng, gh, gw, cells, octaves) * np.float32(254.99)
-    return ((_interp_matrix(h, gh) @ coarse) @ _interp_matrix(w, gw).T).astype(np.uint8)
+    coarse = _smooth_noise(rng, gh, gw, cells, octaves) * np.float32(255.0)
+    small = Image.fromarray(np.round(coarse).astype(np.uint8), "L")
+    return np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def _bg_linear(
