@@ -67,7 +67,7 @@ class Instances:
     def area(self) -> npt.NDArray[np.float64]:
         """Mask area in px when masks exist, else box area, shape (N,)."""
         if self.masks is not None:
-            return self.masks.reshape(len(self), -1).sum(axis=1).astype(np.float64)
+            return self.masks.sum(axis=(1, 2), dtype=np.int64).astype(np.float64)
         b = self.xyxy.astype(np.float64)
         return (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
 
