@@ -280,4 +280,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     data = load_spec_dict(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a YAML mapping of keys")
-    return parse_spec(apply_overrides(data, overrides or []), source=str(path))
+    data = apply_overrides(data, overrides or [])
+    aug = data.get("augment")
+    if isinstance(aug, dict) and isinstance(aug.get("file"), str):
+        # Paths inside a spec are relative to the spec file, not to the current directory.
+        aug["file"] = str((Path(path).parent / aug["file"]).resolve())
+    return parse_spec(data, source=str(path))

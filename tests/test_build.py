@@ -164,3 +164,25 @@ def test_resume_after_lost_records_regenerates_only_those(tmp_path: Path) -> Non
     result = build(spec, out, show_progress=False)
     assert result.skipped == 5 and result.generated == 4
     assert dataset_digests(out) == dataset_digests(ref)
+
+
+def test_augmented_variants_are_valid_and_deterministic(tmp_path: Path) -> None:
+    spec = small_spec(
+        num_images=4, augment={"preset": "medium", "variants": 2, "keep_original": True}
+    )
+    a = build(spec, tmp_path / "a", show_progress=False, batch_size=3)
+    assert a.manifest is not None and a.manifest["counts"]["images"]["total"] == 12
+    assert validate_dataset(tmp_path / "a") == []
+    for split in ("train", "val"):
+        ann = tmp_path / f"a/coco/annotations/instances_{split}.json"
+        assert _self_eval_ap(ann, "segm") == 1.0
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "a/shards/rank-00000/records.jsonl").read_text().splitlines()
+    ]
+    by_index = {r["index"]: r for r in records}
+    assert by_index[4]["metadata"]["source_index"] == 1 and "augment" not in by_index[3]["metadata"]
+    assert by_index[4]["metadata"]["augment"]["variant"] == 0
+    assert by_index[4]["split"] == by_index[3]["split"]  # variants stay in their source's split
+    build(spec, tmp_path / "b", show_progress=False, batch_size=1)
+    assert dataset_digests(tmp_path / "a") == dataset_digests(tmp_path / "b")

@@ -1,0 +1,546 @@
+"""`synthvision augment`: augment an existing COCO or YOLO dataset into a new COCO + YOLO one.
+
+    synthvision augment SRC OUT --preset weather --variants 3 [--keep-original]
+
+SRC (auto-detected):
+- a COCO annotations file (`instances_train.json`), its images found next to it
+  (`images/{split}/`, `images/`, `{split}/`, or `--images DIR`);
+- a folder holding COCO annotation files (`annotations/instances_*.json`, one split each);
+- a YOLO folder with a `data.yaml` (`images/{split}/`, `labels/{split}/`);
+- a synthvision build folder (its `coco/` is used, else its `yolo/`).
+
+OUT gets the layout of a build (`coco/`, `yolo/`, `spec.yaml`, `manifest.json` last), so
+`synthvision validate OUT` checks it, plus `provenance.jsonl` (one line per output image: its
+source file, variant, seed and the drawn augmentation parameters). Source image k (counted over
+splits in order) becomes output images k * (variants + keep_original) + slot, named by that
+index; variant v of it is seeded from (--seed, k, v), so the output is reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from synthvision.errors import SpecError
+
+if TYPE_CHECKING:  # numpy and the rest load only when the command runs: `--help` stays fast
+    import numpy as np
+    import numpy.typing as npt
+
+ImageFormat = Literal["jpeg", "png"]
+CocoMasks = Literal["rle", "polygon", "none"]
+YoloTask = Literal["detect", "segment"]
+
+PROVENANCE = "provenance.jsonl"
+
+
+# --------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class SourceImage:
+    split: str
+    path: Path
+    size_hw: tuple[int, int]
+    instances: Any  # synthvision.structures.Instances (imported lazily)
+
+
+@dataclass
+class SourceDataset:
+    kind: Literal["coco", "yolo"]
+    root: Path
+    class_names: tuple[str, ...]
+    splits: list[str]
+    has_masks: bool
+    images: Iterator[SourceImage]  # split by split, in file order
+    num_images: int
+
+
+def _split_name(ann_path: Path) -> str:
+    if ann_path.name == "_annotations.coco.json":  # Roboflow: {split}/_annotations.coco.json
+        return ann_path.parent.name
+    stem = ann_path.stem
+    name = stem[len("instances_") :] if stem.startswith("instances_") else stem
+    ok = name and name.replace("_", "").replace("-", "").isalnum()
+    return name if ok else "train"
+
+
+def _coco_images_dir(
+    ann_path: Path, split: str, first_file: str | None, images: Path | None
+) -> Path:
+    parent = ann_path.parent
+    root = parent.parent if parent.name == "annotations" else parent
+    candidates = [images / split, images] if images is not None else []
+    candidates += [
+        root / "images" / split,
+        root / "images",
+        root / split,
+        parent / "images",
+        parent,
+    ]
+    for cand in candidates:
+        if cand.is_dir() and (first_file is None or (cand / first_file).is_file()):
+            return cand
+    tried = ", ".join(str(c) for c in candidates)
+    raise SpecError(
+        f"cannot find the images of {ann_path} (looked for {first_file!r} in {tried}); "
+        "pass --images DIR"
+    )
+
+
+def _load_rgb(path: Path, size_hw: tuple[int, int] | None) -> npt.NDArray[np.uint8]:
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{path}: cannot read the image ({exc})") from None
+    if size_hw is not None and image.shape[:2] != tuple(size_hw):
+        raise SpecError(
+            f"{path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotations say "
+            f"{size_hw[1]}x{size_hw[0]}; fix the annotation file"
+        )
+    return image
+
+
+def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
+    from synthvision.formats.coco import annotation_record
+    from synthvision.formats.records import instances_from_records
+
+    docs: list[tuple[Path, str, dict[str, Any]]] = []
+    names: tuple[str, ...] | None = None
+    for ann_path in ann_paths:
+        try:
+            doc = json.loads(ann_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"{ann_path}: not a readable COCO JSON file ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+            raise SpecError(f"{ann_path}: not a COCO instances file (no 'images' list)")
+        cats = sorted(doc.get("categories", []), key=lambda c: int(c["id"]))
+        these = tuple(str(c["name"]) for c in cats)
+        if names is not None and these != names:
+            raise SpecError(f"{ann_path}: categories differ from {ann_paths[0].name}'s")
+        names = these
+        docs.append((ann_path, _split_name(ann_path), doc))
+    if not names:
+        raise SpecError(f"{ann_paths[0]}: the COCO file has no categories")
+    splits = [s for _, s, _ in docs]
+    if len(set(splits)) != len(splits):
+        raise SpecError(f"two COCO files map to the same split name: {splits}")
+    has_masks = any(
+        a.get("segmentation") and not a.get("iscrowd", 0)
+        for _, _, d in docs
+        for a in d.get("annotations", [])
+    )
+
+    def _iter() -> Iterator[SourceImage]:
+        for ann_path, split, doc in docs:
+            cats = sorted(doc.get("categories", []), key=lambda c: int(c["id"]))
+            class_of = {int(c["id"]): i for i, c in enumerate(cats)}
+            by_image: dict[int, list[dict[str, Any]]] = {}
+            for a in doc.get("annotations", []):
+                if not a.get("iscrowd", 0):  # crowd regions are not instances: dropped
+                    by_image.setdefault(int(a["image_id"]), []).append(a)
+            entries = doc["images"]
+            first = str(entries[0]["file_name"]) if entries else None
+            folder = _coco_images_dir(ann_path, split, first, images)
+            for img in entries:
+                size_hw = (int(img["height"]), int(img["width"]))
+                anns = sorted(by_image.get(int(img["id"]), []), key=lambda a: int(a["id"]))
+                records = [annotation_record(a, class_of) for a in anns]
+                # Masks when this image has any segmentation (others then get filled boxes).
+                with_masks = any(r.get("rle") or r.get("polygons") for r in records)
+                inst = instances_from_records(records, size_hw, with_masks=with_masks)
+                yield SourceImage(split, folder / str(img["file_name"]), size_hw, inst)
+
+    total = sum(len(d["images"]) for _, _, d in docs)
+    root = ann_paths[0].parent
+    return SourceDataset("coco", root, names, splits, has_masks, _iter(), total)
+
+
+def _yolo_has_polygons(labels_dir: Path) -> bool:
+    if not labels_dir.is_dir():
+        return False
+    for label in sorted(labels_dir.glob("*.txt")):
+        for line in label.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                return len(line.split()) > 5  # first row decides: files never mix row kinds
+    return False
+
+
+def _read_yolo(root: Path) -> SourceDataset:
+    from synthvision.formats.yolo import DATA_YAML, list_images, load_yolo, read_class_map
+
+    class_map = read_class_map(root / DATA_YAML)
+    images_root = root / "images"
+    splits = (
+        sorted(p.name for p in images_root.iterdir() if p.is_dir()) if images_root.is_dir() else []
+    )
+    if not splits:
+        raise SpecError(f"{root}: a YOLO dataset needs images/{{split}}/ folders next to data.yaml")
+    polygons = {s: _yolo_has_polygons(root / "labels" / s) for s in splits}
+
+    def _iter() -> Iterator[SourceImage]:
+        for split in splits:
+            _, items = load_yolo(root, split, with_masks=polygons[split])
+            for item in items:
+                path = images_root / split / item.file_name
+                yield SourceImage(split, path, item.size_hw, item.instances)
+
+    total = sum(len(list_images(images_root / s)) for s in splits)
+    return SourceDataset(
+        "yolo", root, class_map.names, splits, any(polygons.values()), _iter(), total
+    )
+
+
+def _coco_files(folder: Path) -> list[Path]:
+    """COCO annotation files of a dataset folder, one per split."""
+    for pattern in ("annotations/instances_*.json", "instances_*.json", "*/_annotations.coco.json"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found
+    return []
+
+
+def detect_source(src: Path, images: Path | None = None, fmt: str = "auto") -> SourceDataset:
+    """Open SRC as a COCO or YOLO dataset (see the module docstring); COCO first."""
+    if not src.exists():
+        raise SpecError(f"{src} does not exist: give a COCO annotations file or a dataset folder")
+    if fmt not in ("auto", "coco", "yolo"):
+        raise SpecError(f"--format must be auto, coco or yolo, got {fmt!r}")
+    if src.is_file():
+        if src.suffix.lower() == ".json" and fmt != "yolo":
+            return _read_coco([src], images)
+        if src.suffix.lower() in (".yaml", ".yml") and fmt != "coco":
+            return _read_yolo(src.parent)
+        raise SpecError(f"{src}: give a COCO .json file, a YOLO data.yaml, or a dataset folder")
+    coco_root = src / "coco" if (src / "coco").is_dir() else src  # a synthvision build folder
+    coco_files = _coco_files(coco_root) if fmt != "yolo" else []
+    if coco_files:
+        return _read_coco(coco_files, images)
+    yolo_root = src / "yolo" if (src / "yolo" / "data.yaml").is_file() else src
+    if fmt != "coco" and (yolo_root / "data.yaml").is_file():
+        return _read_yolo(yolo_root)
+    wanted = {
+        "auto": "COCO annotations (annotations/instances_*.json) or a YOLO data.yaml",
+        "coco": "COCO annotations (annotations/instances_*.json)",
+        "yolo": "a YOLO data.yaml",
+    }[fmt]
+    raise SpecError(f"{src}: found no {wanted}; give the dataset folder or the .json file")
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (the COCO and YOLO trees share image files), else copy."""
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def augment_dataset(
+    src: Path,
+    out: Path,
+    *,
+    preset: str | None = None,
+    pipeline_file: Path | None = None,
+    variants: int = 1,
+    keep_original: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+    images: Path | None = None,
+    source_format: str = "auto",
+    min_visibility: float = 0.3,
+    min_area_px: float = 16.0,
+    image_format: ImageFormat = "jpeg",
+    jpeg_quality: int = 90,
+    coco_masks: CocoMasks | None = None,
+    yolo_task: YoloTask | None = None,
+) -> dict[str, Any]:
+    """Augment the dataset at `src` into `out` (COCO + YOLO); returns the manifest.
+
+    `coco_masks` defaults to "rle" when the source has masks (else "none"); `yolo_task` to
+    "segment" for a YOLO source with polygon rows (else "detect").
+    """
+    from pydantic import ValidationError
+
+    from synthvision import __version__
+    from synthvision.augment import Augmenter, output_index
+    from synthvision.config import AugmentSpec
+    from synthvision.formats.coco import CocoWriter
+    from synthvision.formats.images import write_bytes_atomic, write_image
+    from synthvision.formats.records import instance_records
+    from synthvision.formats.yolo import write_data_yaml, yolo_label_text
+    from synthvision.outdir import MANIFEST, prepare_output_dir
+    from synthvision.registry import format_validation_error
+    from synthvision.structures import ClassMap, Sample
+
+    t0 = time.perf_counter()
+    if preset is None and pipeline_file is None:
+        raise SpecError("give --preset NAME or --pipeline FILE (an albumentations YAML/JSON)")
+    if image_format not in ("jpeg", "png"):
+        raise SpecError(f"--image-format must be jpeg or png, got {image_format!r}")
+    fields: dict[str, Any] = {"variants": variants, "keep_original": keep_original}
+    fields.update(min_visibility=min_visibility, min_area_px=min_area_px)
+    if preset is not None:
+        fields["preset"] = preset
+    if pipeline_file is not None:
+        fields["file"] = str(pipeline_file)
+    try:
+        aug_spec = AugmentSpec(**fields)
+    except ValidationError as exc:
+        raise SpecError(f"augment options: {format_validation_error(exc)}") from None
+    try:
+        augmenter = Augmenter.from_spec(aug_spec)
+    except SpecError as exc:  # name the command's options, not the spec keys
+        message = (
+            str(exc).replace("augment.preset:", "--preset:").replace("augment.file:", "--pipeline:")
+        )
+        raise SpecError(
+            message.replace("augment.pipeline / augment.file", "--pipeline FILE")
+        ) from None
+    source = detect_source(src, images, source_format)
+    masks_mode: CocoMasks = coco_masks or ("rle" if source.has_masks else "none")
+    task: YoloTask = yolo_task or (
+        "segment" if source.kind == "yolo" and source.has_masks else "detect"
+    )
+    if masks_mode != "none" and not source.has_masks:
+        masks_mode = "none"  # nothing to write: boxes only
+    class_map = ClassMap(source.class_names)
+    per_source = variants + int(keep_original)
+    settings = {
+        "source": str(src.resolve()),
+        "source_format": source.kind,
+        "augment": aug_spec.model_dump(mode="json"),
+        "pipeline": augmenter.to_dict(),
+        "seed": seed,
+        "export": {
+            "formats": ["coco", "yolo"],
+            "image_format": image_format,
+            "jpeg_quality": jpeg_quality,
+            "coco_masks": masks_mode,
+            "yolo_task": task,
+        },
+    }
+    resumed = prepare_output_dir(out, _fingerprint(settings), overwrite)
+    if resumed and (out / MANIFEST).is_file():  # the same run already finished: nothing to do
+        done: dict[str, Any] = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        return done
+    for name in ("coco", "yolo", PROVENANCE, MANIFEST):  # partial outputs of an earlier run
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    write_bytes_atomic(
+        out / "spec.yaml",
+        "# Written by `synthvision augment` (not a build spec): what was augmented, and how.\n"
+        + json.dumps({"kind": "augment", "synthvision_version": __version__, **settings}, indent=2)
+        + "\n",
+    )
+
+    suffix = ".png" if image_format == "png" else ".jpg"
+    polygons = task == "segment" or masks_mode == "polygon"
+    info = {
+        "description": f"augmented copy of {src.name} ({augmenter.name})",
+        "version": __version__,
+        "contributor": "synthvision augment",
+        "url": "",
+        "year": 0,
+        "date_created": "",
+    }
+    writers: dict[str, CocoWriter] = {}
+    images_per_split = dict.fromkeys(source.splits, 0)
+    per_class = [0] * len(class_map)
+    dropped = 0
+    try:
+        for split in source.splits:
+            (out / "coco" / "images" / split).mkdir(parents=True, exist_ok=True)
+            (out / "yolo" / "images" / split).mkdir(parents=True, exist_ok=True)
+            (out / "yolo" / "labels" / split).mkdir(parents=True, exist_ok=True)
+            writers[split] = CocoWriter(
+                out / "coco" / "annotations" / f"instances_{split}.json",
+                class_map,
+                info={**info, "description": f"{info['description']} ({split})"},
+                mask_mode=masks_mode,
+            )
+        with open(out / PROVENANCE, "w", encoding="utf-8") as provenance:
+            for k, item in enumerate(source.images):
+                image = _load_rgb(item.path, item.size_hw)
+                if len(item.instances) and int(item.instances.class_id.max()) >= len(class_map):
+                    raise SpecError(
+                        f"{item.path}: class id {int(item.instances.class_id.max())} has no name "
+                        f"({len(class_map)} classes); fix the labels or the class list"
+                    )
+                meta = {"source_file": str(item.path), "source_split": item.split}
+                sample = Sample(k, image, item.instances, meta)
+                outs: list[Sample] = []
+                if keep_original:
+                    outs.append(
+                        Sample(
+                            output_index(k, -1, variants, True), image, item.instances, dict(meta)
+                        )
+                    )
+                indices = [output_index(k, v, variants, keep_original) for v in range(variants)]
+                outs.extend(augmenter.apply_variants(sample, seed, variants, indices=indices))
+                for o in outs:
+                    name = f"{o.index:09d}{suffix}"
+                    coco_image = out / "coco" / "images" / item.split / name
+                    write_image(coco_image, o.image, jpeg_quality=jpeg_quality)
+                    _link_or_copy(coco_image, out / "yolo" / "images" / item.split / name)
+                    records = instance_records(
+                        o.instances, coco_masks=masks_mode, polygons=polygons, size_hw=o.size_hw
+                    )
+                    writers[item.split].add_image(o.index + 1, name, o.size_hw, records)
+                    dropped += len(item.instances) - len(records)
+                    label = out / "yolo" / "labels" / item.split / f"{o.index:09d}.txt"
+                    write_bytes_atomic(label, yolo_label_text(records, o.size_hw, task))
+                    for r in records:
+                        per_class[int(r["class_id"])] += 1
+                    images_per_split[item.split] += 1
+                    line = {"index": o.index, "file_name": name, "split": item.split, **o.metadata}
+                    provenance.write(json.dumps(line, allow_nan=False) + "\n")
+        for writer in writers.values():
+            writer.close()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    write_data_yaml(out / "yolo", class_map, source.splits)
+
+    total = sum(images_per_split.values())
+    seconds = time.perf_counter() - t0
+    manifest = {
+        "synthvision_version": __version__,
+        "kind": "augment",
+        **settings,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "counts": {
+            "source_images": source.num_images,
+            "images": {"total": total, **images_per_split},
+            "images_per_source": per_source,
+            "instances": {
+                "total": sum(per_class),
+                "per_class": dict(zip(class_map.names, per_class, strict=True)),
+            },
+            "dropped_instances": dropped,
+        },
+        "timings_s": {
+            "total": round(seconds, 3),
+            "images_per_s": round(total / seconds, 2) if seconds else None,
+        },
+        "outputs": {
+            "coco": {s: f"coco/annotations/instances_{s}.json" for s in source.splits},
+            "yolo": "yolo/data.yaml",
+            "provenance": PROVENANCE,
+        },
+    }
+    write_bytes_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: complete
+    return manifest
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+
+def augment_command(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="COCO annotations .json, a folder with annotations/instances_*.json, a YOLO "
+            "folder with data.yaml, or a synthvision build folder."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="Output folder (COCO + YOLO).")],
+    preset: Annotated[
+        str | None,
+        typer.Option(help="light, medium, heavy, weather, night, camera or viewpoint."),
+    ] = None,
+    pipeline_file: Annotated[
+        Path | None,
+        typer.Option("--pipeline", help="albumentations YAML/JSON (A.save or Augmenter.save)."),
+    ] = None,
+    variants: Annotated[int, typer.Option(help="Augmented copies per source image.")] = 1,
+    keep_original: Annotated[bool, typer.Option(help="Also write each source image.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the augmentation draws.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace synthvision's outputs in OUT (other files stay).")
+    ] = False,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Images folder of a COCO file (default: found next to the file)."),
+    ] = None,
+    source_format: Annotated[
+        str, typer.Option("--format", help="auto, coco or yolo (when SRC has both).")
+    ] = "auto",
+    min_visibility: Annotated[
+        float, typer.Option(help="Drop instances less visible than this (0..1).")
+    ] = 0.3,
+    min_area_px: Annotated[float, typer.Option(help="Drop instances smaller than this.")] = 16.0,
+    image_format: Annotated[str, typer.Option(help="jpeg or png.")] = "jpeg",
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality 1..100.")] = 90,
+    coco_masks: Annotated[
+        str | None,
+        typer.Option(help="rle, polygon or none (default: rle when SRC has masks, else none)."),
+    ] = None,
+    yolo_task: Annotated[
+        str | None, typer.Option(help="detect or segment (default: as SRC).")
+    ] = None,
+) -> None:
+    """Augment an existing COCO or YOLO dataset SRC into a new dataset OUT (COCO + YOLO)."""
+    if coco_masks not in (None, "rle", "polygon", "none"):
+        raise SpecError(f"--coco-masks must be rle, polygon or none, got {coco_masks!r}")
+    if yolo_task not in (None, "detect", "segment"):
+        raise SpecError(f"--yolo-task must be detect or segment, got {yolo_task!r}")
+    if image_format not in ("jpeg", "png") or not 1 <= jpeg_quality <= 100:
+        raise SpecError("--image-format must be jpeg or png, --jpeg-quality in 1..100")
+    manifest = augment_dataset(
+        src,
+        out,
+        preset=preset,
+        pipeline_file=pipeline_file,
+        variants=variants,
+        keep_original=keep_original,
+        seed=seed,
+        overwrite=overwrite,
+        images=images,
+        source_format=source_format,
+        min_visibility=min_visibility,
+        min_area_px=min_area_px,
+        image_format=image_format,  # type: ignore[arg-type]
+        jpeg_quality=jpeg_quality,
+        coco_masks=coco_masks,  # type: ignore[arg-type]
+        yolo_task=yolo_task,  # type: ignore[arg-type]
+    )
+    counts = manifest["counts"]
+    per_split = ", ".join(f"{k} {v}" for k, v in counts["images"].items() if k != "total")
+    typer.echo(
+        f"dataset: {out}  ({counts['images']['total']} images from {counts['source_images']} "
+        f"{manifest['source_format'].upper()} images: {per_split}; "
+        f"{counts['instances']['total']} instances, {counts['dropped_instances']} dropped)"
+    )
+    typer.echo(f"  COCO:    {out / 'coco' / 'annotations'}")
+    typer.echo(f"  YOLO:    {out / 'yolo' / 'data.yaml'}")
+    typer.echo(f"  manifest: {out / 'manifest.json'}")

@@ -1,0 +1,525 @@
+"""Unit tests of the augmentation stage: sources, errors, round trip, seeding, label rules."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthvision import boxes
+from synthvision.augment import (
+    Augmenter,
+    BoxSettings,
+    augment_seed,
+    output_index,
+    preset_names,
+)
+from synthvision.config import AugmentSpec
+from synthvision.errors import SpecError
+from synthvision.structures import Instances, Sample
+
+A = pytest.importorskip("albumentations")
+
+
+def _sample(size_hw: tuple[int, int] = (64, 80), masked: bool = True, index: int = 3) -> Sample:
+    h, w = size_hw
+    gen = np.random.default_rng(0)
+    image = gen.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    masks = np.zeros((3, h, w), bool)
+    masks[0, 5:25, 4:30] = True
+    masks[1, 30:60, 40:75] = True
+    masks[2, 10:20, 50:60] = True
+    xyxy = boxes.masks_to_xyxy(masks).astype(np.float32)
+    inst = Instances(
+        xyxy,
+        np.array([2, 0, 1]),
+        masks=masks if masked else None,
+        scores=np.array([1.0, 0.5, 0.25], np.float32),
+    )
+    return Sample(index=index, image=image, instances=inst, metadata={"generator": "test"})
+
+
+def _same(a: Sample, b: Sample) -> bool:
+    ma, mb = a.instances.masks, b.instances.masks
+    return (
+        np.array_equal(a.image, b.image)
+        and np.array_equal(a.instances.xyxy, b.instances.xyxy)
+        and np.array_equal(a.instances.class_id, b.instances.class_id)
+        and ((ma is None and mb is None) or np.array_equal(ma, mb))  # type: ignore[arg-type]
+    )
+
+
+# ---------------------------------------------------------------------------- sources, errors
+
+
+@pytest.mark.parametrize("name", preset_names())
+@pytest.mark.parametrize("masked", [True, False])
+def test_presets_run_and_record_provenance(name: str, masked: bool) -> None:
+    aug = Augmenter.from_preset(name)
+    src = _sample(masked=masked)
+    out = aug.apply_variant(src, spec_seed=7, variant=1, index=42)
+    assert out.index == 42
+    assert out.image.dtype == np.uint8 and out.image.shape == src.image.shape
+    record = out.metadata["augment"]
+    assert record["source_index"] == src.index and record["variant"] == 1
+    assert record["seed"] == augment_seed(7, src.index, 1)
+    assert record["pipeline"] == name
+    assert isinstance(record["params"], list)
+    assert out.metadata["generator"] == "test"  # the source's metadata is kept
+    json.dumps(out.metadata, allow_nan=False)  # plain JSON, no numpy types or NaN
+    assert "augment" not in src.metadata  # the source is not modified
+
+
+def test_recorded_params_are_the_drawn_ones() -> None:
+    aug = Augmenter([A.Affine(rotate=(10, 20), p=1.0), A.HorizontalFlip(p=0.0)])
+    out = aug.apply(_sample(), seed=1)
+    (entry,) = out.metadata["augment"]["params"]  # the p=0 flip did not run: not recorded
+    assert entry["name"] == "Affine"
+    assert 10 <= entry["params"]["rotate"] <= 20
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        (AugmentSpec(preset="foggy"), "augment.preset: unknown preset 'foggy'"),
+        (AugmentSpec(file="/nonexistent/pipe.yaml"), "augment.file: pipeline file"),
+        (AugmentSpec(pipeline={"x": 1}), "augment.pipeline: missing the 'transform' entry"),
+        (
+            AugmentSpec(pipeline={"transform": {"__class_fullname__": "NoSuchBlur", "p": 1}}),
+            "augment.pipeline: unknown albumentations transform",
+        ),
+        (
+            AugmentSpec(
+                pipeline={
+                    "transform": {
+                        "__class_fullname__": "Compose",
+                        "transforms": [{"__class_fullname__": "HorizontalFlip", "pp": 1}],
+                    }
+                }
+            ),
+            "HorizontalFlip got unknown argument(s) pp",
+        ),
+        (
+            AugmentSpec(
+                pipeline={
+                    "transform": {
+                        "__class_fullname__": "Compose",
+                        "transforms": [
+                            {"__class_fullname__": "GaussNoise", "std_range": [3, 1], "p": 1}
+                        ],
+                    }
+                }
+            ),
+            "transforms[0] (GaussNoise): std_range",
+        ),
+        (AugmentSpec(), "augment: no pipeline given"),
+    ],
+)
+def test_bad_sources_raise_one_clear_line(spec: AugmentSpec, needle: str) -> None:
+    with pytest.raises(SpecError) as info:
+        Augmenter.from_spec(spec)
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_bad_file_content(tmp_path: Path) -> None:
+    bad = tmp_path / "pipe.yaml"
+    bad.write_text("transform: [unclosed\n", encoding="utf-8")
+    with pytest.raises(SpecError, match=r"augment\.file: .* is not valid YAML/JSON"):
+        Augmenter.from_spec(AugmentSpec(file=str(bad)))
+
+
+def test_float_output_pipelines_are_rejected() -> None:
+    aug = Augmenter([A.ToFloat(p=1.0)])
+    with pytest.raises(SpecError, match="uint8"):
+        aug.apply(_sample(), seed=0)
+
+
+def test_inline_dict_and_bare_transform_dict() -> None:
+    full = A.to_dict(A.Compose([A.HorizontalFlip(p=1.0)]))
+    bare = {"__class_fullname__": "HorizontalFlip", "p": 1.0}
+    src = _sample()
+    for data in (full, bare):
+        out = Augmenter.from_spec(AugmentSpec(pipeline=data)).apply(src, seed=0)
+        assert np.array_equal(out.image, src.image[:, ::-1])
+
+
+def test_user_bbox_params_are_replaced_by_ours() -> None:
+    # A user pipeline written for COCO-format boxes with no filtering still gets our settings.
+    user = A.Compose(
+        [A.HorizontalFlip(p=1.0)], bbox_params=A.BboxParams(format="coco", label_fields=["c"])
+    )
+    aug = Augmenter.from_spec(AugmentSpec(pipeline=A.to_dict(user), min_visibility=0.4))
+    params = aug.compose.processors["bboxes"].params
+    assert params.format == "pascal_voc"
+    assert params.clip and params.filter_invalid_bboxes
+    assert params.min_visibility == 0.4 and params.min_area == 16.0
+
+
+# -------------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.filterwarnings("ignore:Argument.*not valid for transform RGBShift")
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_save_load_round_trip_keeps_outputs_and_box_settings(tmp_path: Path, suffix: str) -> None:
+    box = BoxSettings(min_visibility=0.55, min_area_px=9.0, min_width_px=2.0, max_accept_ratio=6.0)
+    aug = Augmenter.from_preset("heavy", box)
+    before = [aug.apply_variant(_sample(), 11, v) for v in range(4)]
+    path = tmp_path / f"pipeline{suffix}"
+    aug.save(path)  # saving must not change the augmenter itself
+    assert all(_same(b, aug.apply_variant(_sample(), 11, v)) for v, b in enumerate(before))
+    loaded = Augmenter.load(path)
+    assert loaded.box == box
+    p = loaded.compose.processors["bboxes"].params
+    assert (p.format, p.clip, p.filter_invalid_bboxes) == ("pascal_voc", True, True)
+    assert (p.min_visibility, p.min_area, p.min_width, p.max_accept_ratio) == (0.55, 9.0, 2.0, 6.0)
+    assert loaded.to_dict() == aug.to_dict()
+    for masked in (True, False):
+        src = _sample(masked=masked)
+        for variant in range(4):
+            assert _same(
+                aug.apply_variant(src, 11, variant), loaded.apply_variant(src, 11, variant)
+            )
+    # The file stays albumentations' own format: plain albumentations can load it.
+    fmt = "yaml" if suffix == ".yaml" else "json"
+    assert isinstance(A.load(str(path), data_format=fmt), A.Compose)
+
+
+def test_spec_file_uses_saved_box_settings_unless_spec_sets_them(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    Augmenter.from_preset("light", BoxSettings(min_visibility=0.7, min_area_px=3.0)).save(path)
+    assert Augmenter.from_spec(AugmentSpec(file=str(path))).box.min_visibility == 0.7
+    explicit = Augmenter.from_spec(AugmentSpec(file=str(path), min_area_px=50.0)).box
+    assert (explicit.min_visibility, explicit.min_area_px) == (0.7, 50.0)
+    relative = Augmenter.from_spec(AugmentSpec(file="p.json"), base_dir=tmp_path)
+    assert relative.box.min_area_px == 3.0
+
+
+def test_saved_section_rejects_unknown_box_keys() -> None:
+    data = Augmenter.from_preset("light").to_dict()
+    data["synthvision"]["box"]["min_visiblity"] = 0.2
+    with pytest.raises(SpecError, match="unknown setting"):
+        Augmenter.from_dict(data)
+
+
+# ---------------------------------------------------------------------------------- seeding
+
+
+def test_transforms_are_not_seeded_alike() -> None:
+    # Compose.set_random_seed gives every transform the same generator: with p=0.5 each, they
+    # would all run or all skip. Our seeding must mix them.
+    aug = Augmenter(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.ToGray(p=0.5),
+            A.InvertImg(p=0.5),
+            A.ChannelShuffle(p=0.5),
+        ]
+    )
+    counts = {len(aug.apply(_sample(), seed=s).metadata["augment"]["params"]) for s in range(30)}
+    assert counts & {1, 2, 3, 4}
+
+
+def test_global_rngs_are_neither_read_nor_advanced() -> None:
+    src = _sample()
+    np.random.seed(1)  # noqa: NPY002 (the global RNGs, on purpose)
+    random.seed(1)
+    first = Augmenter.from_preset("heavy").apply(src, seed=5)
+    after = (np.random.random(), random.random())  # noqa: NPY002
+    np.random.seed(1)  # noqa: NPY002
+    random.seed(1)
+    assert after == (np.random.random(), random.random())  # noqa: NPY002 (not advanced)
+    np.random.seed(99)  # noqa: NPY002
+    random.seed(99)
+    assert _same(first, Augmenter.from_preset("heavy").apply(src, seed=5))
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_apply_variants_equals_single_calls(masked: bool) -> None:
+    aug = Augmenter.from_preset("heavy")
+    src = _sample(masked=masked)
+    many = aug.apply_variants(src, 5, [0, 3, 1], indices=[10, 13, 11])
+    for out, v, i in zip(many, [0, 3, 1], [10, 13, 11], strict=True):
+        single = aug.apply_variant(src, 5, v, index=i)
+        assert _same(out, single) and out.metadata == single.metadata and out.index == i
+
+
+def _digest(out: Sample) -> str:
+    import hashlib
+
+    h = hashlib.sha256(out.image.tobytes())
+    h.update(out.instances.xyxy.tobytes())
+    h.update(out.instances.class_id.tobytes())
+    h.update(json.dumps(out.metadata, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+class _AugmentedDataset:
+    """A map-style dataset: item v = digest of variant v (what a DataLoader worker computes)."""
+
+    def __init__(self, aug: Augmenter, sample: Sample) -> None:
+        self.aug, self.sample = aug, sample
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, v: int) -> str:
+        return _digest(self.aug.apply_variant(self.sample, 21, v))
+
+
+@pytest.mark.slow  # starts worker processes (and imports torch)
+def test_same_results_in_dataloader_workers() -> None:
+    # Workers get a pickled augmenter and their own torch/numpy seeds: results must not change.
+    torch = pytest.importorskip("torch")
+    aug = Augmenter.from_preset("heavy")
+    expected = [_digest(aug.apply_variant(_sample(), 21, v)) for v in range(6)]
+    loader = torch.utils.data.DataLoader(
+        _AugmentedDataset(aug, _sample()), batch_size=2, num_workers=2, collate_fn=list
+    )
+    got = [d for batch in loader for d in batch]
+    assert got == expected
+
+
+def test_output_index_layout() -> None:
+    # 3 variants + original: source 2 owns indices 8..11, original first.
+    assert output_index(2, -1, 3, True) == 8
+    assert [output_index(2, v, 3, True) for v in range(3)] == [9, 10, 11]
+    assert [output_index(2, v, 3, False) for v in range(3)] == [6, 7, 8]
+
+
+# ------------------------------------------------------------------------------ label rules
+
+
+def test_masked_boxes_follow_masks_and_ids_stay_int() -> None:
+    aug = Augmenter([A.Affine(rotate=(30, 30), p=1.0)], BoxSettings(0.0, 1.0))
+    src = _sample()
+    out = aug.apply(src, seed=0)
+    inst = out.instances
+    assert inst.class_id.dtype == np.int64 and inst.masks is not None
+    assert np.array_equal(inst.xyxy, boxes.masks_to_xyxy(inst.masks).astype(np.float32))
+    assert inst.scores is not None
+    src_scores = src.instances.scores
+    assert src_scores is not None
+    kept = {int(c): float(s) for c, s in zip(src.instances.class_id, src_scores, strict=True)}
+    assert all(kept[int(c)] == float(s) for c, s in zip(inst.class_id, inst.scores, strict=True))
+
+
+def test_unmasked_boxes_are_rounded_and_ids_int() -> None:
+    src = _sample(masked=False)
+    out = Augmenter([A.HorizontalFlip(p=1.0)], BoxSettings(0.0, 0.0)).apply(src, seed=0)
+    w = src.size_hw[1]
+    expected = src.instances.xyxy.astype(np.float64)[:, [2, 1, 0, 3]] * [-1, 1, -1, 1] + [
+        w,
+        0,
+        w,
+        0,
+    ]
+    assert np.array_equal(out.instances.xyxy, expected.astype(np.float32))
+    assert out.instances.class_id.dtype == np.int64
+    assert out.instances.class_id.tolist() == src.instances.class_id.tolist()
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_instances_pushed_out_of_frame_are_dropped(masked: bool) -> None:
+    # Shift right by 30 px on an 80 px wide image: instance 0 (x 4..30) stays fully visible,
+    # instance 1 (x 40..75 -> 70..105) keeps 10/35 = 0.29, instance 2 (x 50..60) leaves.
+    shift = A.Affine(translate_px={"x": (30, 30), "y": (0, 0)}, p=1.0)
+    src = _sample(masked=masked)
+    out = Augmenter([shift], BoxSettings(min_visibility=0.25, min_area_px=1.0)).apply(src, 0)
+    assert out.instances.class_id.tolist() == [2, 0]
+    strict = Augmenter([shift], BoxSettings(min_visibility=0.3, min_area_px=1.0)).apply(src, 0)
+    assert strict.instances.class_id.tolist() == [2]
+
+
+def test_visibility_of_masked_instances_ignores_scaling() -> None:
+    # Halving the size quarters each mask's area but hides nothing: all stay (visibility ~1,
+    # where area after / area before would say 0.25).
+    src = _sample()
+    out = Augmenter([A.Affine(scale=(0.5, 0.5), p=1.0)], BoxSettings(0.7, 1.0)).apply(src, 0)
+    assert out.instances.class_id.tolist() == [2, 0, 1]
+    small = Augmenter([A.RandomScale(scale_limit=(-0.5, -0.5), p=1.0)], BoxSettings(0.7, 1.0))
+    resized = small.apply(src, 0)
+    assert resized.size_hw == (32, 40)
+    assert resized.instances.class_id.tolist() == [2, 0, 1]
+
+
+def test_min_area_and_vanished_masks() -> None:
+    src = _sample()
+    assert src.instances.masks is not None
+    masks = src.instances.masks.copy()
+    masks[2] = False  # an empty mask cannot be labeled: dropped
+    inst = Instances(src.instances.xyxy, src.instances.class_id, masks=masks)
+    sample = Sample(src.index, src.image, inst)
+    out = Augmenter([A.HorizontalFlip(p=1.0)], BoxSettings(0.0, 600.0)).apply(sample, 0)
+    # Areas: 20*26=520 (< 600, dropped), 30*35=1050 (kept).
+    assert out.instances.class_id.tolist() == [0]
+
+
+def test_outputs_do_not_share_memory_with_the_source() -> None:
+    src = _sample()
+    assert src.instances.masks is not None
+    for transforms in (
+        [A.RandomBrightnessContrast(p=1.0)],
+        [A.HorizontalFlip(p=1.0)],
+        [A.HorizontalFlip(p=0.0)],
+    ):
+        out = Augmenter(transforms, BoxSettings(0.0, 1.0)).apply(src, seed=0)
+        assert out.instances.masks is not None
+        assert not np.shares_memory(out.instances.masks, src.instances.masks)
+        assert not np.shares_memory(out.image, src.image)
+
+
+def test_empty_samples() -> None:
+    h, w = 32, 48
+    image = np.zeros((h, w, 3), np.uint8)
+    for inst in (Instances.empty(), Instances.empty((h, w))):
+        out = Augmenter.from_preset("viewpoint").apply(Sample(0, image, inst), seed=3)
+        assert len(out.instances) == 0
+        if inst.masks is not None:
+            assert out.instances.masks is not None
+            assert out.instances.masks.shape == (0, *out.size_hw)
+
+
+# ------------------------------------------------------------------------ `synthvision augment`
+
+
+def _coco_ap(ann_path: Path, iou_type: str) -> float:
+    """pycocotools COCOeval of the ground truth against itself (every GT a detection)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_path))
+        dets = [
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": a["bbox"],
+                "score": 1.0,
+                **({"segmentation": gt.annToRLE(a)} if iou_type == "segm" else {}),
+            }
+            for a in gt.dataset["annotations"]
+        ]
+        ev = COCOeval(gt, gt.loadRes(dets), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0])
+
+
+@pytest.fixture(scope="module")
+def coco_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small COCO dataset with RLE masks: 3 train + 1 val images (PNG, 64x80)."""
+    from synthvision.formats.coco import save_coco
+    from synthvision.structures import ClassMap
+
+    root = tmp_path_factory.mktemp("coco_src")
+    classes = ClassMap(("car", "person", "sign"))
+    named = [(f"img_{i}.png", _sample(index=i)) for i in range(4)]
+    save_coco(
+        root / "annotations" / "instances_train.json",
+        named[:3],
+        classes,
+        images_dir=root / "images" / "train",
+    )
+    save_coco(
+        root / "annotations" / "instances_val.json",
+        named[3:],
+        classes,
+        images_dir=root / "images" / "val",
+    )
+    return root
+
+
+def test_augment_command_coco_gives_a_valid_dataset(coco_source: Path, tmp_path: Path) -> None:
+    from synthvision.commands.augment import augment_dataset
+    from synthvision.validate import validate_dataset
+
+    out = tmp_path / "aug"
+    manifest = augment_dataset(
+        coco_source, out, preset="heavy", variants=2, keep_original=True, seed=3
+    )
+    assert validate_dataset(out) == []
+    counts = manifest["counts"]
+    assert counts["images"] == {"total": 12, "train": 9, "val": 3}
+    for split in ("train", "val"):
+        ann = out / "coco" / "annotations" / f"instances_{split}.json"
+        for iou_type in ("bbox", "segm"):
+            assert _coco_ap(ann, iou_type) == pytest.approx(1.0)
+    lines = (out / "provenance.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    assert first["index"] == 0 and "augment" not in first  # the kept original
+    assert second["augment"]["source_index"] == 0 and second["augment"]["variant"] == 0
+    assert second["augment"]["seed"] == augment_seed(3, 0, 0)
+    # The original keeps its labels exactly (masks -> tight boxes).
+    coco = json.loads((out / "coco/annotations/instances_train.json").read_text())
+    boxes0 = [a["bbox"] for a in coco["annotations"] if a["image_id"] == 1]
+    assert boxes0 == [[4.0, 5.0, 26.0, 20.0], [40.0, 30.0, 35.0, 30.0], [50.0, 10.0, 10.0, 10.0]]
+
+
+def test_augment_command_is_reproducible_and_guards_out(coco_source: Path, tmp_path: Path) -> None:
+    from synthvision.commands.augment import augment_dataset
+    from synthvision.errors import OutputDirError
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = augment_dataset(coco_source, a, preset="camera", variants=2, seed=5)
+    augment_dataset(coco_source, b, preset="camera", variants=2, seed=5)
+    for rel in ("coco/annotations/instances_train.json", "yolo/labels/train/000000003.txt"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+    assert (a / "coco/images/train/000000003.jpg").read_bytes() == (
+        b / "coco/images/train/000000003.jpg"
+    ).read_bytes()
+    # The same command again: already complete, nothing rewritten.
+    again = augment_dataset(coco_source, a, preset="camera", variants=2, seed=5)
+    assert again["timings_s"] == first["timings_s"]
+    with pytest.raises(OutputDirError, match="--overwrite"):
+        augment_dataset(coco_source, a, preset="night", variants=2, seed=5)
+    augment_dataset(coco_source, a, preset="night", variants=1, seed=5, overwrite=True)
+    assert len(list((a / "coco/images/train").iterdir())) == 3
+
+
+def test_augment_command_yolo_source(coco_source: Path, tmp_path: Path) -> None:
+    from synthvision.commands.augment import augment_dataset
+    from synthvision.validate import validate_dataset
+
+    # Boxes only: a YOLO detect dataset made from the COCO source.
+    yolo_src = tmp_path / "yolo_src"
+    augment_dataset(coco_source, yolo_src, preset="light", variants=1, yolo_task="detect")
+    out = tmp_path / "out"
+    manifest = augment_dataset(yolo_src / "yolo", out, preset="viewpoint", variants=2, seed=1)
+    assert manifest["source_format"] == "yolo"
+    assert manifest["export"]["coco_masks"] == "none"
+    assert validate_dataset(out) == []
+    assert _coco_ap(out / "coco/annotations/instances_train.json", "bbox") == pytest.approx(1.0)
+
+
+def test_augment_cli_errors_are_one_line(coco_source: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from synthvision.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["augment", str(coco_source), str(tmp_path / "o"), "--preset", "light"])
+    assert ok.exit_code == 0, ok.output
+    for args, needle in [
+        (["--preset", "foggy"], "--preset: unknown preset 'foggy'"),
+        (["--pipeline", str(tmp_path / "missing.yaml")], "--pipeline: pipeline file"),
+        ([], "give --preset NAME or --pipeline FILE"),
+        (["--preset", "light", "--variants", "0"], "variants"),
+    ]:
+        res = runner.invoke(app, ["augment", str(coco_source), str(tmp_path / "x"), *args])
+        assert res.exit_code == 2, res.output
+        assert needle in res.output and res.output.count("error:") == 1
+    missing = runner.invoke(
+        app, ["augment", str(tmp_path / "nope"), str(tmp_path / "x"), "--preset", "light"]
+    )
+    assert missing.exit_code == 2 and "does not exist" in missing.output
