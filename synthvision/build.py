@@ -12,10 +12,11 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ import numpy as np
 
 from synthvision import __version__
 from synthvision.config import Spec
+from synthvision.distributed import ProcessContext as ProcessContext  # re-exported
+from synthvision.distributed import pin_device
 from synthvision.errors import SpecError
 from synthvision.formats.coco import CocoWriter
 from synthvision.formats.images import IMAGE_SUFFIX, encode_image, write_bytes_atomic
@@ -32,7 +35,7 @@ from synthvision.formats.yolo import write_data_yaml, yolo_label_text
 from synthvision.generators import SCENE_GENERATORS, SceneGenerator
 from synthvision.outdir import MANIFEST, prepare_output_dir
 from synthvision.plan import ImageJob, make_plan, planned_class_counts
-from synthvision.shards import RecordIndex, ShardWriter, scan_records
+from synthvision.shards import RECORDS_FILE, SHARDS_DIR, RecordIndex, ShardWriter, scan_records
 from synthvision.structures import ClassMap, Sample
 
 PACKAGES_IN_MANIFEST = (
@@ -42,33 +45,13 @@ PACKAGES_IN_MANIFEST = (
 
 
 @dataclass
-class ProcessContext:
-    """This process's place in a (possibly distributed) build. Default: a single process."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: str = "cpu"
-    barrier: Callable[[], None] = field(default=lambda: None)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def my_range(self, num_items: int) -> range:
-        """Contiguous, non-overlapping, unpadded share of 0..num_items-1 for this rank."""
-        base, extra = divmod(num_items, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return range(start, start + base + (1 if self.rank < extra else 0))
-
-
-@dataclass
 class BuildResult:
     out_dir: Path
     resumed: bool
     already_complete: bool
-    generated: int  # images written by this process in this run
-    skipped: int  # images found finished from an earlier run
-    manifest: dict[str, Any] | None  # on the main process
+    generated: int  # images written in this run, by all ranks together
+    skipped: int  # images found finished from an earlier run (by any rank)
+    manifest: dict[str, Any] | None  # on every rank
     seconds: float
 
 
@@ -86,6 +69,15 @@ def package_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def create_labeler(spec: Spec) -> Any:
+    """The spec's labeler (e.g. an open-vocabulary detector), or None."""
+    if spec.labeler is None:
+        return None
+    from synthvision.labelers.base import LABELERS
+
+    return LABELERS.create(spec.labeler.name, spec.labeler.params, "labeler", spec=spec)
 
 
 def create_scene_generator(spec: Spec) -> SceneGenerator:
@@ -119,11 +111,8 @@ class _Augmentation:
 
                 variant = slot - int(self.keep_original)
                 seed = augment_seed(self.seed, sample.index, variant)
-                augmented = self.augmenter.apply(sample, seed)
-                augmented.metadata.setdefault("augment", {}).update(
-                    {"source_index": sample.index, "variant": variant, "seed": seed}
-                )
-                item = Sample(out_index, augmented.image, augmented.instances, augmented.metadata)
+                # Provenance (source index, variant, seed, drawn params) goes into metadata.
+                item = self.augmenter.apply(sample, seed, variant=variant, index=out_index)
             item.metadata["source_index"] = sample.index
             yield out_index, item
 
@@ -179,6 +168,75 @@ def _progress(enabled: bool, total: int, done: int, label: str) -> Iterator[Call
         yield lambda n: bar.advance(task, n)
 
 
+class _RecordPoller:
+    """Counts the records every rank appended since `mark()`: the main process's view of the
+    whole build's progress, read from the shared output directory (no collective needed)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.offsets: dict[Path, int] = {}
+
+    def _files(self) -> list[Path]:
+        return sorted((self.out_dir / SHARDS_DIR).glob(f"rank-*/{RECORDS_FILE}"))
+
+    def mark(self) -> None:
+        self.offsets = {path: path.stat().st_size for path in self._files()}
+
+    def poll(self) -> int:
+        new = 0
+        for path in self._files():
+            start = self.offsets.get(path, 0)
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    start = min(start, size)  # the owner truncated a killed run's partial line
+                    f.seek(start)
+                    data = f.read(size - start)
+            except FileNotFoundError:
+                continue
+            new += data.count(b"\n")
+            self.offsets[path] = start + data.rfind(b"\n") + 1  # a partial line counts later
+        return new
+
+
+@contextmanager
+def _polling(poller: _RecordPoller | None, tick: Callable[[int], None]) -> Iterator[None]:
+    """Advance the bar from all ranks' records in a thread while this process works or waits."""
+    if poller is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(0.25):
+            tick(poller.poll())
+
+    thread = threading.Thread(target=loop, name="synthvision-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        tick(poller.poll())
+
+
+def shard_items(finished: np.ndarray, k: int, ctx: ProcessContext) -> list[int]:
+    """This rank's share of the unfinished dataset items (`finished`: (num_items,) bool).
+
+    The generated images (jobs) that still have an unfinished item are split into contiguous
+    ranges (`ProcessContext.my_range`): the work stays balanced whatever an earlier run left
+    undone (a failed node leaves one contiguous hole), and the `k` variants of one generated image
+    stay on one rank. Which rank writes an item never changes its bytes.
+    """
+    unfinished = np.flatnonzero(~finished)
+    todo_jobs = np.unique(unfinished // k)
+    mine = ctx.my_range(len(todo_jobs))
+    lo, hi = (todo_jobs[mine.start], todo_jobs[mine.stop - 1]) if len(mine) else (1, 0)
+    jobs_of = unfinished // k
+    return [int(i) for i in unfinished[(jobs_of >= lo) & (jobs_of <= hi)]]
+
+
 def generate_shard(
     spec: Spec,
     out_dir: Path,
@@ -186,45 +244,55 @@ def generate_shard(
     ctx: ProcessContext,
     *,
     batch_size: int,
-    show_progress: bool,
+    items: Sequence[int],
     jobs: Sequence[ImageJob] | None = None,
-) -> tuple[int, int]:
-    """Generate and write this rank's unfinished items. Returns (written, skipped)."""
+    tick: Callable[[int], None] | None = None,
+    labeler: Any = None,
+) -> int:
+    """Generate and write `items` (this rank's share: `shard_items`) into this rank's shard.
+
+    Returns the number of images written; `tick(1)` after each.
+    """
     k = variants_per_image(spec)
-    num_items = spec.num_images * k
     jobs = make_plan(spec) if jobs is None else jobs
-    finished = scan_records(out_dir, num_items).finished
-    my_items = ctx.my_range(num_items)
-    todo_items = [i for i in my_items if not finished[i]]
-    skipped = len(my_items) - len(todo_items)
-    todo_jobs = sorted({i // k for i in todo_items})
-    wanted = set(todo_items)
+    todo_jobs = sorted({i // k for i in items})
+    wanted = set(items)
     suffix = IMAGE_SUFFIX[spec.export.image_format]
     export = spec.export
     augmentation = _Augmentation(spec)
     writer = ShardWriter(out_dir, ctx.rank)
     written = 0
     try:
-        with _progress(
-            show_progress, len(my_items), skipped, f"{spec.name} rank {ctx.rank}"
-        ) as tick:
-            for start in range(0, len(todo_jobs), batch_size):
-                batch = [jobs[g] for g in todo_jobs[start : start + batch_size]]
-                for sample in generator.generate(batch):
-                    split = jobs[sample.index].split
-                    for out_index, item in augmentation.items(sample, wanted):
-                        encoded = encode_image(
-                            item.image,
-                            export.image_format,
-                            jpeg_quality=export.jpeg_quality,
-                            png_compress_level=export.png_compress_level,
-                        )
-                        writer.write(out_index, encoded, suffix, _record(item, split, spec))
-                        written += 1
+        for start in range(0, len(todo_jobs), batch_size):
+            batch = [jobs[g] for g in todo_jobs[start : start + batch_size]]
+            samples = generator.generate(batch)
+            if labeler is not None:
+                samples = labeler.label(samples)
+            for sample in samples:
+                split = jobs[sample.index].split
+                rejected = sample.metadata.get("rejected")
+                if rejected:  # failed every retry: recorded and counted, never labeled
+                    for out_index in range(sample.index * k, (sample.index + 1) * k):
+                        if out_index in wanted:
+                            writer.write_rejected(out_index, split, str(rejected), sample.metadata)
+                            written += 1
+                            if tick is not None:
+                                tick(1)
+                    continue
+                for out_index, item in augmentation.items(sample, wanted):
+                    encoded = encode_image(
+                        item.image,
+                        export.image_format,
+                        jpeg_quality=export.jpeg_quality,
+                        png_compress_level=export.png_compress_level,
+                    )
+                    writer.write(out_index, encoded, suffix, _record(item, split, spec))
+                    written += 1
+                    if tick is not None:
                         tick(1)
     finally:
         writer.close()
-    return written, skipped
+    return written
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -268,8 +336,13 @@ def merge(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> dict
     images_per_split = dict.fromkeys(splits, 0)
     per_class = [0] * len(class_map)
     dropped = unplaced = retries = 0
+    rejected: list[int] = []
     for i in range(num_items):
         rec = index.read(i)
+        if rec.get("rejected"):
+            rejected.append(i)
+            retries += int(rec.get("metadata", {}).get("retries", 0))
+            continue
         split, size_hw = rec["split"], (int(rec["height"]), int(rec["width"]))
         src = index.files[int(index.file_of[i])].parent / rec["file"]
         name = src.name
@@ -299,7 +372,7 @@ def merge(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> dict
     if "yolo" in export.formats:
         write_data_yaml(out_dir / "yolo", class_map, splits)
     return {
-        "images": {"total": num_items, **images_per_split},
+        "images": {"total": num_items - len(rejected), **images_per_split},
         "instances": {
             "total": sum(per_class),
             "per_class": dict(zip(class_map.names, per_class, strict=True)),
@@ -307,27 +380,33 @@ def merge(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> dict
         "dropped_by_visibility": dropped,
         "unplaced_by_layout": unplaced,
         "retries": retries,
+        "rejected_images": {"count": len(rejected), "indices": rejected[:100]},
     }
 
 
 def write_preview(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> Path | None:
     """A PNG grid of the first images with their boxes, masks and class names."""
-    n = min(spec.export.preview_images, num_items)
-    if n == 0:
+    if spec.export.preview_images == 0:
         return None
     from PIL import Image
 
     from synthvision.viz import draw_instances, save_preview
 
     tiles, captions = [], []
-    for i in range(n):
+    for i in range(num_items):
+        if len(tiles) == spec.export.preview_images:
+            break
         rec = index.read(i)
+        if rec.get("rejected"):
+            continue
         path = index.files[int(index.file_of[i])].parent / rec["file"]
         with Image.open(path) as img:
             image = np.asarray(img.convert("RGB"))
         inst = instances_from_records(rec["instances"], image.shape[:2], with_masks=True)
         tiles.append(draw_instances(image, inst, spec.class_names))
         captions.append(f"#{i} {rec['split']} ({len(inst)})")
+    if not tiles:
+        return None
     path = out_dir / "preview.png"
     save_preview(path, tiles, captions=captions)
     return path
@@ -350,38 +429,75 @@ def build(
 
     Bad input raises SpecError before anything is written. Safe to interrupt at any point:
     re-running the same call resumes and gives byte-identical annotation and image files.
+
+    With a distributed `ctx` (see `synthvision.distributed.process_context`) every rank calls
+    this: each writes its share into its own shard, the main process prepares the directory and
+    merges; the dataset is the same bytes whatever the number of processes. The progress bar
+    (main process only) counts the images of all ranks.
     """
     t0 = time.perf_counter()
     ctx = ctx or ProcessContext()
     out = Path(out_dir)
     if batch_size < 1:
         raise SpecError(f"--batch-size must be at least 1 (got {batch_size})")
+    pin_device(ctx.device)  # generators resolving device "auto" use this rank's device
     jobs = make_plan(spec)  # validates count targets before anything is written
-    generator = create_scene_generator(spec)
+    generator = create_scene_generator(spec)  # once per process: models load once per rank
+    labeler = create_labeler(spec)
     fingerprint = spec.fingerprint()
-    if ctx.is_main:
+    manifest_path = out / MANIFEST
+    k = variants_per_image(spec)
+    num_items = spec.num_images * k
+    show_progress = show_progress and ctx.is_main
+    poller = _RecordPoller(out) if show_progress and ctx.world_size > 1 else None
+
+    def prepare() -> tuple[bool, dict[str, Any] | None, np.ndarray | None]:
         resumed = prepare_output_dir(out, fingerprint, overwrite)
         if not resumed or not (out / "spec.yaml").exists():
             write_bytes_atomic(out / "spec.yaml", spec.to_yaml().encode())
-    ctx.barrier()
-    if not ctx.is_main:
-        resumed = True
-    manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        ctx.barrier()
-        done = json.loads(manifest_path.read_text()) if ctx.is_main else None
+        if manifest_path.exists():
+            return resumed, json.loads(manifest_path.read_text()), None
+        # One scan, shared with every rank: all compute their shares from the same state
+        # (no rank writes before the broadcast), and N ranks do not re-read every record.
+        finished = scan_records(out, num_items).finished
+        if poller is not None:
+            poller.mark()
+        return resumed, None, finished
+
+    # The main process alone touches the directory (--overwrite may remove shards); the others
+    # wait, and raise its error (a SpecError stays a SpecError) if it fails.
+    resumed, done, finished = ctx.run_on_main(prepare)
+    if done is not None or finished is None:
         return BuildResult(out, True, True, 0, 0, done, time.perf_counter() - t0)
 
-    k = variants_per_image(spec)
-    num_items = spec.num_images * k
+    skipped = int(finished.sum())
+    items = shard_items(finished, k, ctx)
+    label = spec.name if ctx.world_size == 1 else f"{spec.name} ({ctx.world_size} processes)"
     t_gen = time.perf_counter()
-    written, skipped = generate_shard(
-        spec, out, generator, ctx, batch_size=batch_size, show_progress=show_progress, jobs=jobs
-    )
+    error: Exception | None = None
+    written = 0
+    with _progress(show_progress, num_items, skipped, label) as tick, _polling(poller, tick):
+        try:
+            own_tick = tick if poller is None else None  # the poller counts this rank too
+            written = generate_shard(
+                spec,
+                out,
+                generator,
+                ctx,
+                batch_size=batch_size,
+                items=items,
+                jobs=jobs,
+                tick=own_tick,
+                labeler=labeler,
+            )
+        except Exception as exc:  # shared with the other ranks, then re-raised
+            error = exc
+        # Waits for every rank's shard; raises on every rank if any rank failed.
+        per_rank = [int(n) for n in ctx.gather_outcomes(error, written)]
     gen_seconds = time.perf_counter() - t_gen
-    ctx.barrier()  # every rank's shard is complete
-    manifest: dict[str, Any] | None = None
-    if ctx.is_main:
+    written = sum(per_rank)
+
+    def finish() -> dict[str, Any]:
         t_merge = time.perf_counter()
         index = scan_records(out, num_items)
         missing = np.flatnonzero(~index.finished)
@@ -410,6 +526,7 @@ def build(
             "counts": counts,
             "this_run": {
                 "generated_images": written,
+                "generated_images_per_rank": per_rank,
                 "skipped_finished_images": skipped,
                 "resumed": resumed,
             },
@@ -431,5 +548,7 @@ def build(
             "created_unix": int(time.time()),
         }
         _write_json_atomic(manifest_path, manifest)  # last: its presence means "complete"
-    ctx.barrier()
+        return manifest
+
+    manifest = ctx.run_on_main(finish)  # the other ranks return once the dataset is complete
     return BuildResult(out, resumed, False, written, skipped, manifest, time.perf_counter() - t0)

@@ -6,6 +6,7 @@ traceback. Heavy modules are imported inside commands so `synthvision --help` st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -74,19 +75,29 @@ def build(
     """Build a dataset from SPEC. Re-running the same command resumes an interrupted build."""
     from synthvision.build import build as run_build
     from synthvision.config import load_spec
-    from synthvision.distributed import process_context
+    from synthvision.distributed import RankFailedError, process_context
 
     spec_obj = load_spec(spec, set_ or [])
     out_dir = out if out is not None else Path("outputs") / spec_obj.name
-    ctx = process_context()
-    result = run_build(
-        spec_obj,
-        out_dir,
-        overwrite=overwrite,
-        batch_size=batch_size,
-        show_progress=progress and ctx.is_main,
-        ctx=ctx,
-    )
+    ctx = process_context()  # one process, or this rank of `accelerate launch` / torchrun
+    try:
+        result = run_build(
+            spec_obj,
+            out_dir,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            show_progress=progress and ctx.is_main,
+            ctx=ctx,
+        )
+    except (SpecError, RankFailedError) as exc:
+        if ctx.is_main:  # every rank has the error; the main process reports it once
+            _err(str(exc))
+        if ctx.world_size > 1:
+            # The launcher stops every rank once one exits with an error: wait here until the
+            # main process has printed its message.
+            with contextlib.suppress(Exception):
+                ctx.barrier()
+        raise typer.Exit(2 if isinstance(exc, SpecError) else 1) from None
     if not ctx.is_main:
         return
     if result.already_complete:
@@ -111,6 +122,7 @@ def build(
     if result.generated:
         typer.echo(
             f"  generated {result.generated} images in {result.seconds:.1f} s ({rate} img/s)"
+            + (f" with {ctx.world_size} processes" if ctx.world_size > 1 else "")
             + (f", {result.skipped} already done" if result.skipped else "")
         )
 

@@ -8,6 +8,7 @@ diffusers) register lazily by import path so `import synthvision` stays fast.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -74,9 +75,18 @@ class Registry(Generic[T]):
             raise SpecError(format_validation_error(exc, f"{key_path}.params")) from None
 
     def create(self, name: str, params: dict[str, Any], key_path: str, **context: Any) -> T:
+        """Build `name` from validated `params`.
+
+        `context` (e.g. `class_names`, `spec`) is offered to the factory: it receives the keyword
+        arguments it declares (or all of them with `**kwargs`), so simple sources need not take
+        the whole spec.
+        """
         validated = self.validate_params(name, params, key_path)
         entry = self._entry(name, f"{key_path}.name")
         assert entry.factory is not None
+        sig = inspect.signature(entry.factory)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            context = {k: v for k, v in context.items() if k in sig.parameters}
         result: T = entry.factory(validated, **context)
         return result
 

@@ -77,7 +77,7 @@ def scan_records(out_dir: Path, num_items: int) -> RecordIndex:
                 continue  # a corrupt line is as good as missing: the image is regenerated
             if not 0 <= index < num_items or file_of[index] >= 0:
                 continue
-            if (path.parent / record["file"]).is_file():
+            if record.get("rejected") or (path.parent / record["file"]).is_file():
                 file_of[index], offset_of[index] = k, offset
     return RecordIndex(files, file_of, offset_of)
 
@@ -108,6 +108,17 @@ class ShardWriter:
         line = json.dumps({"index": index, "file": rel, **record}, separators=(",", ":"))
         self._file.write(line.encode() + b"\n")
         self._file.flush()  # survives SIGKILL of this process (the OS holds the data)
+
+    def write_rejected(
+        self, index: int, split: str, reason: str, metadata: dict[str, Any]
+    ) -> None:
+        """Record that `index` failed every retry: no image, no labels; counted in the manifest."""
+        line = json.dumps(
+            {"index": index, "file": None, "split": split, "rejected": reason, "metadata": metadata},
+            separators=(",", ":"),
+        )
+        self._file.write(line.encode() + b"\n")
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()

@@ -6,15 +6,18 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from pydantic import BaseModel, ConfigDict
 
 from synthvision.build import build
 from synthvision.errors import OutputDirError
+from synthvision.generators import SCENE_GENERATORS
 from synthvision.validate import validate_dataset
 
 from .helpers import dataset_digests, small_spec
@@ -186,3 +189,41 @@ def test_augmented_variants_are_valid_and_deterministic(tmp_path: Path) -> None:
     assert by_index[4]["split"] == by_index[3]["split"]  # variants stay in their source's split
     build(spec, tmp_path / "b", show_progress=False, batch_size=1)
     assert dataset_digests(tmp_path / "a") == dataset_digests(tmp_path / "b")
+
+
+class _RejectEveryThird(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@SCENE_GENERATORS.register("test-reject-every-third", _RejectEveryThird)
+def _make_rejecting(params: _RejectEveryThird, *, spec: Any) -> Any:
+    inner = SCENE_GENERATORS.create("compose", {}, "scene", spec=spec)
+
+    class Rejecting:
+        def generate(self, jobs: Any) -> list[Any]:
+            samples = inner.generate(jobs)
+            for s in samples:
+                if s.index % 3 == 1:  # as a diffusion filter does after its last retry
+                    s.metadata.update(rejected="black image after 2 retries", retries=2)
+            return samples
+
+    return Rejecting()
+
+
+def test_rejected_samples_are_counted_and_never_labeled(tmp_path: Path) -> None:
+    spec = small_spec(num_images=7, scene={"name": "test-reject-every-third"})
+    result = build(spec, tmp_path / "ds", show_progress=False)
+    assert result.manifest is not None
+    counts = result.manifest["counts"]
+    assert counts["rejected_images"] == {"count": 2, "indices": [1, 4]}
+    assert counts["retries"] == 4 and counts["images"]["total"] == 5
+    ids = set()
+    for split in ("train", "val"):
+        coco = json.loads((tmp_path / f"ds/coco/annotations/instances_{split}.json").read_text())
+        ids |= {im["id"] for im in coco["images"]}
+        assert not {a["image_id"] for a in coco["annotations"]} & {2, 5}
+    assert ids == {1, 3, 4, 6, 7}
+    assert not list((tmp_path / "ds/yolo/labels").rglob("000000001.txt"))
+    assert validate_dataset(tmp_path / "ds") == []
+    again = build(spec, tmp_path / "ds", show_progress=False)
+    assert again.already_complete

@@ -51,16 +51,23 @@ class ComposeScene:
             for job, placed in zip(jobs, placements, strict=True)
             for p in placed
         ]
-        crops = iter(self.objects.crops(requests)) if requests else iter(())
+        crop_list = self.objects.crops(requests) if requests else []
+        # ML sources describe each crop/background (prompt, seed, retries) in `last_metadata`.
+        crop_meta = iter(_last_metadata(self.objects, len(crop_list)))
+        crops = iter(crop_list)
         backgrounds = self.background.backgrounds(
             [
                 BackgroundRequest(job.size_hw, job.derive_seed("background"), job.index)
                 for job in jobs
             ]
         )
+        background_meta = _last_metadata(self.background, len(backgrounds))
         samples = []
-        for job, placed, bg in zip(jobs, placements, backgrounds, strict=True):
+        for job, placed, bg, bg_meta in zip(
+            jobs, placements, backgrounds, background_meta, strict=True
+        ):
             placed_crops = [PlacedCrop(next(crops), p.class_id, p.x, p.y, p.w, p.h) for p in placed]
+            objects_meta = [next(crop_meta) for _ in placed]
             result = compose(
                 bg,
                 placed_crops,
@@ -78,16 +85,27 @@ class ComposeScene:
                 "dropped": result.dropped,
                 "visibility": [round(float(v), 4) for v in result.visibility],
             }
+            if any(objects_meta):
+                metadata["object_sources"] = objects_meta
+            if bg_meta:
+                metadata["background_source"] = bg_meta
+            retries = sum(int(m.get("retries", 0)) for m in [*objects_meta, bg_meta])
+            if retries:
+                metadata["retries"] = retries
             samples.append(Sample(job.index, result.image, result.instances, metadata))
         return samples
 
 
+def _last_metadata(source: object, n: int) -> list[dict[str, Any]]:
+    meta = getattr(source, "last_metadata", None)
+    return list(meta) if isinstance(meta, list) and len(meta) == n else [{} for _ in range(n)]
+
+
 @SCENE_GENERATORS.register("compose", ComposeParams)
 def _make_compose(params: ComposeParams, *, spec: Spec) -> ComposeScene:
-    objects = OBJECT_SOURCES.create(
-        spec.objects.name, spec.objects.params, "objects", class_names=spec.class_names
-    )
+    context = {"class_names": spec.class_names, "spec": spec}
+    objects = OBJECT_SOURCES.create(spec.objects.name, spec.objects.params, "objects", **context)
     background = BACKGROUND_SOURCES.create(
-        spec.background.name, spec.background.params, "background", class_names=spec.class_names
+        spec.background.name, spec.background.params, "background", **context
     )
     return ComposeScene(spec, objects, background)

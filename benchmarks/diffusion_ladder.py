@@ -1,0 +1,462 @@
+"""Images/s of the diffusion generators at Stable Diffusion 1.5 size, rung by rung.
+
+The model is SD 1.5's architecture from its published configs with *random* weights (no weights
+can be downloaded where this runs), saved with `save_pretrained` and loaded back through the
+package's real loading path. Work per image is what matters for speed, and it is the same.
+
+Ladder (512x512, 25 steps, classifier-free guidance 7.5):
+    fp32 -> bf16 -> +SDPA -> +batching (1, 4, 16) -> +torch.compile
+Each rung reports
+    gen      images/s of generation + VAE decode + decode checks (no capture),
+    capture  the same with cross-attention capture on (its overhead vs gen),
+    e2e      `synthvision.build.build` end to end: plan, generation with capture, attention
+             labels, JPEG export, COCO + YOLO merge (eager-attention rungs cannot capture: they
+             are end to end without labels),
+and each against the FLOP bound (FLOPs counted with torch's FlopCounterMode; the default peak is
+800 TFLOP/s, a dense bf16 H100 figure).
+
+    python benchmarks/diffusion_ladder.py --out results.json            # on a GPU
+    python benchmarks/diffusion_ladder.py --tiny --size 32 --steps 2    # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Published Stable Diffusion 1.5 component configs (runwayml/stable-diffusion-v1-5).
+SD15_UNET: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "act_fn": "silu",
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "mid_block_scale_factor": 1,
+    "center_input_sample": False,
+}
+SD15_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "act_fn": "silu",
+    "scaling_factor": 0.18215,
+}
+SD15_TEXT: dict[str, Any] = {  # CLIP ViT-L/14 text tower
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "pad_token_id": 1,
+}
+TINY_UNET = {
+    **SD15_UNET,
+    "sample_size": 16,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "norm_num_groups": 8,
+}
+TINY_VAE = {
+    **SD15_VAE,
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "block_out_channels": [32, 64],
+    "norm_num_groups": 8,
+    "sample_size": 32,
+}
+TINY_TEXT = {
+    **SD15_TEXT,
+    "vocab_size": 1000,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "projection_dim": 32,
+}
+
+CLASSES = ["car", "person", "bicycle"]
+PROMPT = "a photo of a car, two persons and a bicycle in a city street, rainy, at dusk"
+
+# name, dtype, attention, engine batch size, compile, channels_last
+LADDER = [
+    ("fp32", "float32", "eager", 1, False, False),
+    ("bf16", "bfloat16", "eager", 1, False, False),
+    ("bf16+sdpa", "bfloat16", "sdpa", 1, False, False),
+    ("bf16+sdpa bs4", "bfloat16", "sdpa", 4, False, False),
+    ("bf16+sdpa bs16", "bfloat16", "sdpa", 16, False, False),
+    ("bf16+sdpa bs16+compile", "bfloat16", "sdpa", 16, True, False),
+    ("bf16+sdpa bs16+channels_last", "bfloat16", "sdpa", 16, False, True),
+    ("bf16+sdpa bs16+channels_last+compile", "bfloat16", "sdpa", 16, True, True),
+]
+
+
+def log(*args: Any) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}]", *args, flush=True)
+
+
+def build_model(root: Path, tiny: bool, device: str) -> str:
+    """SD 1.5 layout with random weights, saved (fp16) to `root`; returns the directory."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from diffusers import UNet2DConditionModel as UNet
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from tests.tiny_models import DEFAULT_WORDS, build_clip_tokenizer
+
+    words = (*DEFAULT_WORDS, *CLASSES, "persons", "city", "dusk", "rainy", "street")
+    tok = CLIPTokenizer.from_pretrained(build_clip_tokenizer(root / "_tok", words))
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)  # random weights for a benchmark only
+        unet = UNet(**(TINY_UNET if tiny else SD15_UNET))
+        vae = AutoencoderKL(**(TINY_VAE if tiny else SD15_VAE))
+        text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT if tiny else SD15_TEXT)))
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out = root / "sd15-random"
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)  # type: ignore[attr-defined]
+    return str(out)
+
+
+def count_flops(model: str, size: int, device: str) -> dict[str, float]:
+    """FLOPs of one UNet call per image, one VAE decode per image, one text encoding."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextModel
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    lat = size // 8 if size >= 64 else size // 2
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        unet = UNet2DConditionModel.from_pretrained(f"{model}/unet", torch_dtype=dtype).to(device)
+        dim = unet.config.cross_attention_dim
+        x = torch.randn(1, 4, lat, lat, device=device, dtype=dtype)
+        e = torch.randn(1, 77, dim, device=device, dtype=dtype)
+        with FlopCounterMode(display=False) as fc:
+            unet(x, torch.tensor(500, device=device), e)
+        out["unet_call_per_image"] = float(fc.get_total_flops())
+        del unet
+        vae = AutoencoderKL.from_pretrained(f"{model}/vae", torch_dtype=dtype).to(device)
+        with FlopCounterMode(display=False) as fc:
+            vae.decode(x)
+        out["vae_decode_per_image"] = float(fc.get_total_flops())
+        del vae
+        te: Any = CLIPTextModel.from_pretrained(f"{model}/text_encoder", dtype=dtype)
+        te = te.to(device)
+        with FlopCounterMode(display=False) as fc:
+            te(torch.zeros(1, 77, dtype=torch.long, device=device))
+        out["text_encode_per_prompt"] = float(fc.get_total_flops())
+    return out
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def scene_params(  # type: ignore[no-untyped-def]
+    model: str, dtype: str, attention: str, bs: int, compile_: bool, steps: int, cl: bool = False
+):
+    return {
+        "channels_last": cl,
+        "model": model,
+        "dtype": dtype,
+        "attention": attention,
+        "batch_size": bs,
+        "compile": compile_,
+        "steps": steps,
+        "guidance_scale": 7.5,
+        # Random weights make odd-looking images: keep every sample (no retries, no rejects).
+        "max_retries": 0,
+        "black_max": 0.0,
+        "blank_std": 0.0,
+        "min_instances": 0,
+        "min_confidence": 0.0,
+    }
+
+
+def engine_rate(params: dict[str, Any], n: int, size: int, capture: bool) -> dict[str, Any]:
+    """Images/s of the engine alone (generation, decode, checks), capture on or off."""
+    from synthvision.generators import diffusion as dif
+
+    p = {k: v for k, v in params.items() if k not in ("min_instances", "min_confidence")}
+    engine = dif.DiffusionEngine.from_params(dif.PipelineParams(**p), "bench")
+    tok = engine.loaded.tokenizer
+    w, _ = dif.query_weights(tok, PROMPT, dif.phrase_spans(PROMPT, CLASSES))
+    reqs = [
+        dif.GenRequest(
+            PROMPT, "blurry", seed=i, size_hw=(size, size), weights=w if capture else None
+        )
+        for i in range(n)
+    ]
+    bs = params["batch_size"]
+    t0 = time.perf_counter()
+    engine.run(reqs[:bs])  # warm-up (compiles when compile is on)
+    sync()
+    warm = time.perf_counter() - t0
+    engine.profile = True
+    engine.timings = dict.fromkeys(engine.timings, 0.0)
+    t0 = time.perf_counter()
+    res = engine.run(reqs)
+    sync()
+    dt = time.perf_counter() - t0
+    split = {k: round(v / n, 4) for k, v in engine.timings.items()}  # seconds per image
+    maps_ok = (not capture) or all(r.maps is not None and r.maps.shape[0] == 3 for r in res)
+    return {
+        "images": n,
+        "seconds": dt,
+        "img_s": n / dt,
+        "warmup_s": warm,
+        "maps_ok": maps_ok,
+        "s_per_image": split,
+    }
+
+
+def build_rate(params: dict[str, Any], n: int, size: int, tmp: Path) -> dict[str, Any]:
+    """Images/s of `build()` end to end (warm pipeline): generate, label, export, merge."""
+    from synthvision.build import build
+    from synthvision.config import parse_spec
+
+    def spec(num: int, name: str):  # type: ignore[no-untyped-def]
+        return parse_spec(
+            {
+                "name": name,
+                "seed": 1,
+                "num_images": num,
+                "image_size": [size, size],
+                "classes": [{"name": c} for c in CLASSES],
+                "objects_per_image": [1, 3],
+                "export": {"preview_images": 0},
+                "scene": {"name": "diffusion-attention", "params": params},
+            }
+        )
+
+    bs = params["batch_size"]
+    build(spec(bs, "warm"), tmp / "warm", overwrite=True, batch_size=bs, show_progress=False)
+    sync()
+    out = tmp / "timed"
+    t0 = time.perf_counter()
+    res = build(spec(n, "timed"), out, overwrite=True, batch_size=bs, show_progress=False)
+    sync()
+    dt = time.perf_counter() - t0
+    manifest = res.manifest or {}
+    counts = manifest.get("counts", {})
+    return {
+        "images": n,
+        "seconds": dt,
+        "img_s": n / dt,
+        "instances": counts.get("instances", {}).get("total"),
+        "manifest_timings": manifest.get("timings_s"),
+    }
+
+
+def batch_invariance(model: str, size: int, steps: int) -> dict[str, Any]:
+    """Max pixel difference of one image generated at batch size 1 vs inside a batch of 4."""
+    import numpy as np
+
+    from synthvision.generators import diffusion as dif
+
+    out: dict[str, Any] = {}
+    imgs = {}
+    for bs in (1, 4):
+        p = dif.PipelineParams(model=model, dtype="bfloat16", batch_size=bs, steps=steps)
+        eng = dif.DiffusionEngine.from_params(p, "bench")
+        reqs = [dif.GenRequest(PROMPT, "", seed=s, size_hw=(size, size)) for s in range(4)]
+        imgs[bs] = eng.run(reqs[: 1 if bs == 1 else 4])[0].image.astype(int)
+        # The same image with other batch-mates at the same batch size.
+        if bs == 4:
+            other = [
+                reqs[0],
+                *[dif.GenRequest(PROMPT, "", seed=9 + s, size_hw=(size, size)) for s in range(3)],
+            ]
+            out["same_bs_other_mates_max_diff"] = int(
+                np.abs(eng.run(other)[0].image.astype(int) - imgs[4]).max()
+            )
+    out["bs1_vs_bs4_max_diff"] = int(np.abs(imgs[1] - imgs[4]).max())
+    out["bs1_vs_bs4_frac_pixels_diff"] = float((imgs[1] != imgs[4]).mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny configs (CPU debugging)")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--peak-tflops", type=float, default=800.0)
+    ap.add_argument("--rungs", default="all", help="comma-separated rung numbers (1-based)")
+    ap.add_argument("--images", type=int, default=0, help="images per measurement (0: auto)")
+    ap.add_argument("--no-e2e", action="store_true")
+    ap.add_argument("--invariance", action="store_true", help="also check batch invariance")
+    ap.add_argument("--model", default=None, help="reuse a saved model directory")
+    ap.add_argument("--out", default=None, help="write results JSON here")
+    args = ap.parse_args()
+
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tmp = Path(tempfile.mkdtemp(prefix="sv-ladder-"))
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "size": args.size,
+        "steps": args.steps,
+        "guidance_scale": 7.5,
+        "peak_tflops": args.peak_tflops,
+        "rungs": [],
+    }
+
+    def save() -> None:
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2))
+
+    try:
+        t0 = time.perf_counter()
+        model = args.model or build_model(tmp, args.tiny, device)
+        log(f"model ready in {time.perf_counter() - t0:.1f}s: {model}")
+        flops = count_flops(model, args.size, device)
+        per_image = (
+            args.steps * 2 * flops["unet_call_per_image"]  # CFG: two UNet rows per step
+            + flops["vae_decode_per_image"]
+            + 2 * flops["text_encode_per_prompt"]
+        )
+        bound = args.peak_tflops * 1e12 / per_image
+        results["flops"] = {**flops, "per_image_total": per_image, "bound_img_s": bound}
+        log(f"FLOPs/image {per_image / 1e12:.2f} TFLOP -> bound {bound:.2f} img/s", flops)
+        save()
+        if args.invariance:
+            results["batch_invariance"] = batch_invariance(model, args.size, args.steps)
+            log("batch invariance", results["batch_invariance"])
+            save()
+        wanted = (
+            range(len(LADDER))
+            if args.rungs == "all"
+            else [int(r) - 1 for r in args.rungs.split(",")]
+        )
+        for k in wanted:
+            name, dtype, attention, bs, comp, cl = LADDER[k]
+            params = scene_params(model, dtype, attention, bs, comp, args.steps, cl)
+            n = args.images or max(bs * 2, 4 if bs == 1 else 0)
+            if dtype == "float32" and not args.images:
+                n = 3
+            row: dict[str, Any] = {
+                "rung": name,
+                "dtype": dtype,
+                "attention": attention,
+                "batch_size": bs,
+                "compile": comp,
+                "channels_last": cl,
+            }
+            row["gen"] = engine_rate(params, n, args.size, capture=False)
+            log(name, "gen", row["gen"])
+            if attention == "sdpa":
+                row["capture"] = engine_rate(params, n, args.size, capture=True)
+                row["capture_overhead"] = row["gen"]["img_s"] / row["capture"]["img_s"] - 1.0
+                log(name, "capture", row["capture"], f"overhead {row['capture_overhead']:.1%}")
+                if bs == 16 and not comp:
+                    # Prompt-to-prompt style: only the 32x32 and 16x16 layers (factors 2, 4).
+                    coarse = {**params, "capture_layers": [2, 4]}
+                    row["capture_coarse"] = engine_rate(coarse, n, args.size, capture=True)
+                    log(name, "capture (32/16 px layers only)", row["capture_coarse"])
+            if not args.no_e2e:
+                try:
+                    row["e2e"] = build_rate(params, n, args.size, tmp)
+                    log(name, "e2e", row["e2e"])
+                except Exception as exc:  # keep the other numbers if the build path breaks
+                    row["e2e_error"] = repr(exc)
+                    log(name, "e2e failed", repr(exc))
+            for key in ("gen", "capture", "capture_coarse", "e2e"):
+                if key in row:
+                    row[key]["of_bound"] = row[key]["img_s"] / bound
+            results["rungs"].append(row)
+            save()
+            from synthvision.generators.diffusion import clear_pipeline_cache
+
+            clear_pipeline_cache()  # one model copy on the GPU at a time
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(markdown(results))
+    save()
+
+
+def markdown(results: dict[str, Any]) -> str:
+    b = results.get("flops", {}).get("bound_img_s", float("nan"))
+    lines = [
+        f"device: {results['device']}, {results['size']}x{results['size']}, "
+        f"{results['steps']} steps, CFG; bound {b:.2f} img/s "
+        f"at {results['peak_tflops']:.0f} TFLOP/s",
+        "",
+        "| rung | gen img/s | capture img/s | capture overhead | end-to-end img/s "
+        "| e2e % of bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["rungs"]:
+        cap = r.get("capture", {}).get("img_s")
+        e2e = r.get("e2e", {}).get("img_s")
+        over = r.get("capture_overhead")
+        lines.append(
+            f"| {r['rung']} | {r['gen']['img_s']:.2f} | "
+            f"{'-' if cap is None else f'{cap:.2f}'} | "
+            f"{'-' if over is None else f'{over:+.1%}'} | "
+            f"{'-' if e2e is None else f'{e2e:.2f}'} | "
+            f"{'-' if e2e is None else f'{e2e / b:.0%}'} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

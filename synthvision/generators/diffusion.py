@@ -1,0 +1,944 @@
+"""Text-to-image diffusion: pipeline loading, prompt templates, batched seeded generation with
+decode checks and retries, and the `diffusion` object and background sources.
+
+Any diffusers text-to-image pipeline loads through `AutoPipelineForText2Image.from_pretrained`
+from a hub id or a local directory (safetensors by default, no remote code; `HF_HUB_OFFLINE=1`
+and `local_files_only` are honoured). A loaded pipeline is cached per process by its load
+parameters, so an object source and a background source on the same model share one copy.
+
+Determinism: every image has its own CPU `torch.Generator` seeded from the sample's seed, and every
+UNet/VAE call runs on a batch padded to the fixed `batch_size` (padding repeats the last request
+and is discarded). With fixed shapes each row's arithmetic is the same whatever else is in the
+batch, so an image does not depend on its batch-mates, the number of processes, or where a build
+resumed. (Different `batch_size` values can differ in the last bits on GPUs, whose kernels are
+chosen by shape.)
+
+Attention capture works on UNet pipelines (Stable Diffusion 1.x/2.x, SDXL and its distillations):
+see `synthvision.labelers.attention`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from synthvision import randomness
+from synthvision.errors import SpecError
+from synthvision.filters import (
+    ClipFilterParams,
+    ClipScoreFilter,
+    RetryPolicy,
+    check_model_path,
+    decode_failures,
+    retry_seed,
+    to_uint8,
+)
+from synthvision.generators.base import (
+    BACKGROUND_SOURCES,
+    OBJECT_SOURCES,
+    BackgroundRequest,
+    CropRequest,
+)
+from synthvision.labelers import attention as attn_labels
+
+if TYPE_CHECKING:
+    import torch
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
+    "colour": ["red", "blue", "green", "yellow", "white", "black", "silver", "orange"],
+    "viewpoint": ["front view", "side view", "three-quarter view", "view from above"],
+    "weather": ["sunny", "rainy", "foggy", "snowy", "overcast"],
+    "time_of_day": ["at noon", "at dusk", "at night", "in the morning"],
+    "place": ["city street", "parking lot", "country road", "park", "living room", "warehouse"],
+}
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class PipelineParams(BaseModel):
+    """Loading and sampling parameters shared by every diffusion component.
+
+    Load keys (`model` ... `safety_checker`) identify the cached pipeline; the rest apply per
+    component. `attributes` extend/override `DEFAULT_ATTRIBUTES` key by key.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(min_length=1, description="hub id or local directory")]
+    device: str = "auto"
+    dtype: Dtype = "auto"
+    variant: str | None = None
+    revision: str | None = None
+    use_safetensors: bool = True
+    local_files_only: bool = False
+    scheduler: str | None = Field(
+        default=None, description="diffusers scheduler class name, e.g. DPMSolverMultistepScheduler"
+    )
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    compile: bool = False
+    compile_mode: str | None = None
+    channels_last: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+    safety_checker: bool = False
+
+    steps: Annotated[int, Field(ge=1, le=1000)] = 25
+    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] = 7.5
+    batch_size: Annotated[int, Field(ge=1, le=256)] = 4
+    resolution: Annotated[int, Field(ge=8, le=4096)] | None = Field(
+        default=None, description="generate at this short side, then resize (default: target size)"
+    )
+    negative_prompt: str = "blurry, low quality, watermark, text, cropped"
+    attributes: dict[str, list[str]] = Field(default_factory=dict)
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 2
+    fp32_vae_retry: bool = True
+    black_max: Annotated[float, Field(ge=0.0, le=255.0)] = 4.0
+    blank_std: Annotated[float, Field(ge=0.0, le=128.0)] = 1.0
+    clip_filter: ClipFilterParams | None = None
+    capture_layers: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None,
+        description="capture only cross-attention layers at these latent downsampling factors",
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _nonempty_lists(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for k, vals in v.items():
+            if not k.isidentifier():
+                raise ValueError(f"attribute name {k!r} must be a plain identifier")
+            if not vals:
+                raise ValueError(f"attribute {k!r} needs at least one value")
+        return v
+
+    def merged_attributes(self) -> dict[str, list[str]]:
+        return {**DEFAULT_ATTRIBUTES, **self.attributes}
+
+    def load_key(self) -> str:
+        keys = (
+            "model",
+            "device",
+            "dtype",
+            "variant",
+            "revision",
+            "use_safetensors",
+            "local_files_only",
+            "scheduler",
+            "attention",
+            "compile",
+            "compile_mode",
+            "channels_last",
+            "vae_slicing",
+            "vae_tiling",
+            "cpu_offload",
+            "safety_checker",
+            "capture_layers",
+        )
+        return json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.black_max, self.blank_std, self.max_retries, self.fp32_vae_retry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt templates
+# ---------------------------------------------------------------------------------------------
+
+_NUMBER_WORDS = ["no", "a", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def class_phrase(name: str) -> str:
+    """The words a prompt uses for a class name ("fire_truck" -> "fire truck")."""
+    return name.replace("_", " ").strip()
+
+
+def plural(phrase: str) -> str:
+    """Naive English plural of a phrase's last word."""
+    if phrase.endswith(("s", "x", "z", "ch", "sh")):
+        return phrase + "es"
+    if len(phrase) > 1 and phrase.endswith("y") and phrase[-2] not in "aeiou":
+        return phrase[:-1] + "ies"
+    return phrase + "s"
+
+
+def count_phrase(n: int, phrase: str) -> str:
+    word = _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n)
+    if n == 1 and phrase[:1].lower() in "aeiou":
+        word = "an"
+    return f"{word} {phrase if n == 1 else plural(phrase)}"
+
+
+def objects_text(class_ids: Sequence[int], phrases: Sequence[str]) -> str:
+    """ "a fire truck, two bicycles and a dog" from class ids in plan order."""
+    order: list[int] = []
+    for c in class_ids:
+        if c not in order:
+            order.append(c)
+    parts = [count_phrase(list(class_ids).count(c), phrases[c]) for c in order]
+    if not parts:
+        return "nothing"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def template_fields(template: str, where: str) -> list[str]:
+    """Field names of a `{name}` template; SpecError on malformed templates."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise SpecError(f"{where}: bad prompt template {template!r}: {exc}") from None
+    for f in names:
+        if not f.isidentifier():
+            raise SpecError(f"{where}: template field {{{f}}} must be a plain name like {{colour}}")
+    return names
+
+
+def check_template(template: str, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(template_fields(template, where)) - allowed)
+    if unknown:
+        raise SpecError(
+            f"{where}: unknown template field(s) {', '.join('{' + u + '}' for u in unknown)}; "
+            f"known: {', '.join('{' + a + '}' for a in sorted(allowed))} (add lists under "
+            "attributes to define more)"
+        )
+
+
+def draw_attributes(
+    template: str, attributes: Mapping[str, Sequence[str]], rng: np.random.Generator
+) -> dict[str, str]:
+    """One value per attribute field used in `template`, drawn in sorted field order."""
+    used = sorted({f for f in template_fields(template, "prompt") if f in attributes})
+    return {name: str(attributes[name][int(rng.integers(len(attributes[name])))]) for name in used}
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    text = template.format_map(dict(values))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def phrase_spans(prompt: str, phrases: Sequence[str]) -> list[list[tuple[int, int]]]:
+    """Character spans of each phrase (singular or plural, whole words, any case) in `prompt`.
+
+    Longer phrases claim their characters first, so "truck" does not match inside "fire truck"
+    when both are classes.
+    """
+    claimed = np.zeros(len(prompt) + 1, dtype=bool)
+    spans: list[list[tuple[int, int]]] = [[] for _ in phrases]
+    for q in sorted(range(len(phrases)), key=lambda i: -len(phrases[i])):
+        p = phrases[q]
+        forms = sorted({p, plural(p)}, key=len, reverse=True)
+        pattern = r"(?<![\w])(?:" + "|".join(re.escape(f) for f in forms) + r")(?![\w])"
+        for m in re.finditer(pattern, prompt, flags=re.IGNORECASE):
+            if not claimed[m.start() : m.end()].any():
+                claimed[m.start() : m.end()] = True
+                spans[q].append((m.start(), m.end()))
+    return spans
+
+
+def query_weights(
+    tokenizer: Any, prompt: str, spans: Sequence[Sequence[tuple[int, int]]]
+) -> tuple[npt.NDArray[np.float32], list[list[int]]]:
+    """Attention-query weights (Q, T) for character spans per query, and the token positions."""
+    tokens = [
+        sorted({t for a, b in q_spans for t in attn_labels.token_span(tokenizer, prompt, a, b)})
+        for q_spans in spans
+    ]
+    num_tokens = int(getattr(tokenizer, "model_max_length", 77))
+    return attn_labels.token_weights(tokens, num_tokens), tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline loading (cached per process)
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+@dataclass
+class LoadedPipeline:
+    """A diffusers pipeline on its device, with an attention store on its cross-attention layers."""
+
+    pipe: Any
+    device: str
+    dtype: torch.dtype
+    store: attn_labels.AttentionStore
+    capture_layers: int  # number of cross-attention layers that can record maps
+    model: str
+    safety_checker: bool
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(getattr(self.pipe, "vae_scale_factor", 8))
+
+    @property
+    def multiple(self) -> int:
+        """Pixel sizes must be multiples of this (VAE factor x UNet downsampling)."""
+        unet = getattr(self.pipe, "unet", None)
+        levels = len(unet.config.block_out_channels) - 1 if unet is not None else 1
+        # SD pipelines also insist on multiples of 8 px (check_inputs).
+        return max(8, self.vae_scale_factor * (2**levels))
+
+    @property
+    def native_size(self) -> int:
+        unet = getattr(self.pipe, "unet", None)
+        size = getattr(getattr(unet, "config", None), "sample_size", None)
+        if isinstance(size, int):
+            return size * self.vae_scale_factor
+        return 512
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.pipe.tokenizer
+
+
+_PIPELINES: dict[str, LoadedPipeline] = {}
+
+
+def clear_pipeline_cache() -> None:
+    """Drop cached pipelines (frees GPU memory once no component holds them)."""
+    _PIPELINES.clear()
+
+
+def _model_index(params: PipelineParams) -> dict[str, Any]:
+    from diffusers import DiffusionPipeline
+
+    try:
+        cfg = DiffusionPipeline.load_config(
+            params.model, revision=params.revision, local_files_only=params.local_files_only
+        )
+    except Exception:
+        return {}
+    return dict(cfg)
+
+
+def load_pipeline(params: PipelineParams, where: str, pipeline_class: Any = None) -> LoadedPipeline:
+    """Load (or reuse) the pipeline for `params`; SpecError with one clear line on failure.
+
+    `pipeline_class` overrides `AutoPipelineForText2Image` (the GLIGEN module passes its own).
+    """
+    key = params.load_key() + f"|{getattr(pipeline_class, '__name__', 'auto')}"
+    if key in _PIPELINES:
+        return _PIPELINES[key]
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    check_model_path(params.model, f"{where}.model")
+    device = resolve_device(params.device)
+    dtype = resolve_dtype(params.dtype, device)
+    index = _model_index(params)
+    kwargs: dict[str, Any] = {
+        _dtype_kwarg(): dtype,
+        "use_safetensors": params.use_safetensors,
+        "local_files_only": params.local_files_only,
+    }
+    if params.variant:
+        kwargs["variant"] = params.variant
+    if params.revision:
+        kwargs["revision"] = params.revision
+    if "safety_checker" in index and not params.safety_checker:
+        # Off by default: do not even load it (stated in every sample's metadata).
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    loader = pipeline_class or AutoPipelineForText2Image
+    try:
+        pipe = loader.from_pretrained(params.model, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise SpecError(
+            f"{where}.model: could not load diffusion pipeline {params.model!r}: "
+            f"{_first_line(exc)} (give a local directory saved with save_pretrained or a hub id; "
+            "with HF_HUB_OFFLINE=1 the weights must already be in the cache)"
+        ) from None
+    if params.safety_checker and getattr(pipe, "safety_checker", None) is None:
+        raise SpecError(f"{where}.safety_checker: model {params.model!r} has no safety checker")
+
+    if params.scheduler:
+        import diffusers
+
+        sched_cls = getattr(diffusers, params.scheduler, None)
+        if sched_cls is None or not params.scheduler.endswith("Scheduler"):
+            raise SpecError(
+                f"{where}.scheduler: unknown diffusers scheduler {params.scheduler!r} "
+                "(e.g. DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, DDIMScheduler)"
+            )
+        pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+
+    store = attn_labels.AttentionStore(params.capture_layers)
+    unet = getattr(pipe, "unet", None)
+    n_capture = 0
+    if unet is not None:
+        if params.attention == "eager":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            unet.set_attn_processor(AttnProcessor())
+        else:
+            n_capture = attn_labels.install_capture(unet, store)
+        if params.channels_last:
+            unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+    if params.vae_slicing:
+        pipe.vae.enable_slicing()
+    if params.vae_tiling:
+        pipe.vae.enable_tiling()
+    if params.cpu_offload and device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if params.compile and unet is not None:
+        unet.compile(mode=params.compile_mode)
+        pipe.vae.decoder.compile(mode=params.compile_mode)
+    loaded = LoadedPipeline(
+        pipe=pipe,
+        device=device,
+        dtype=dtype,
+        store=store,
+        capture_layers=n_capture,
+        model=params.model,
+        safety_checker=params.safety_checker,
+    )
+    _PIPELINES[key] = loaded
+    return loaded
+
+
+def _dtype_kwarg() -> str:
+    """diffusers renamed `torch_dtype` to `dtype` (the old name warns); use what it knows."""
+    from diffusers.utils import deprecation_utils
+
+    return (
+        "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched generation with decode checks and retries
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One image. `size_hw` is the generation size (a multiple of the pipeline's `multiple`).
+    `weights` (Q, T) are the attention queries to capture (None: no capture); `extra` is
+    strategy-specific input (GLIGEN boxes)."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    size_hw: tuple[int, int]
+    weights: npt.NDArray[np.float32] | None = None
+    clip_text: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenResult:
+    """A finished image (uint8 (H, W, 3)), its maps (Q, h, w) and its history."""
+
+    image: npt.NDArray[np.uint8]
+    maps: npt.NDArray[np.float32] | None
+    seed: int
+    seeds_tried: list[int]
+    retries: int
+    retry_reasons: list[str]
+    rejected: str | None = None
+    payload: Any = None
+
+    def metadata(self) -> dict[str, Any]:
+        md: dict[str, Any] = {
+            "seed": int(self.seed),
+            "retries": int(self.retries),
+        }
+        if self.retry_reasons:
+            md["retry_reasons"] = list(self.retry_reasons)
+            md["seeds_tried"] = [int(s) for s in self.seeds_tried]
+        if self.rejected is not None:
+            md["rejected"] = self.rejected
+        return md
+
+
+# finalize(request index, image uint8 (H, W, 3), maps (Q, h, w) | None) -> (payload, failure)
+Finalize = Callable[
+    [int, npt.NDArray[np.uint8], "npt.NDArray[np.float32] | None"], tuple[Any, "str | None"]
+]
+
+
+class DiffusionEngine:
+    """Runs `GenRequest`s through a loaded pipeline in padded batches, with retries."""
+
+    def __init__(self, loaded: LoadedPipeline, params: PipelineParams, where: str) -> None:
+        self.loaded = loaded
+        self.params = params
+        self.where = where
+        self.policy = params.retry_policy()
+        self.clip: ClipScoreFilter | None = None
+        if params.clip_filter is not None:
+            self.clip = ClipScoreFilter(params.clip_filter, loaded.device, f"{where}.clip_filter")
+        self._call_params = set(inspect.signature(loaded.pipe.__call__).parameters)
+        # Seconds per phase (denoise / decode / checks); `profile` syncs the GPU for exact splits.
+        self.timings: dict[str, float] = {"denoise": 0.0, "decode": 0.0, "checks": 0.0}
+        self.profile = False
+
+    @classmethod
+    def from_params(cls, params: PipelineParams, where: str) -> DiffusionEngine:
+        return cls(load_pipeline(params, where), params, where)
+
+    # -- sizes -----------------------------------------------------------------------------
+
+    def generation_size(self, size_hw: tuple[int, int]) -> tuple[int, int]:
+        """Size to generate for a target `size_hw`: scaled to `resolution` (short side) when set,
+        rounded to the pipeline's multiple."""
+        scale = 1.0
+        if self.params.resolution is not None:
+            scale = self.params.resolution / min(size_hw)
+        m = self.loaded.multiple
+        h, w = (max(m, round(side * scale / m) * m) for side in size_hw)
+        return h, w
+
+    def describe(self) -> dict[str, Any]:
+        """Run-level metadata (JSON-serialisable)."""
+        pipe = self.loaded.pipe
+        return {
+            "model": self.loaded.model,
+            "pipeline": type(pipe).__name__,
+            "scheduler": type(pipe.scheduler).__name__,
+            "steps": self.params.steps,
+            "guidance_scale": self.params.guidance_scale,
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "safety_checker": "on" if self.loaded.safety_checker else "off",
+        }
+
+    # -- public ----------------------------------------------------------------------------
+
+    def run(
+        self, requests: Sequence[GenRequest], finalize: Finalize | None = None
+    ) -> list[GenResult]:
+        """Generate every request; failed decodes / finalize failures are retried per policy."""
+        n = len(requests)
+        seeds = [int(r.seed) for r in requests]
+        tried: list[list[int]] = [[s] for s in seeds]
+        retries = [0] * n
+        reasons: list[list[str]] = [[] for _ in range(n)]
+        regenerations = [0] * n
+        results: list[GenResult | None] = [None] * n
+        pending = list(range(n))
+        while pending:
+            current = [replace(requests[i], seed=seeds[i]) for i in pending]
+            outs = self._generate_checked(current)
+            next_pending: list[int] = []
+            for (image, maps, failure, extra_decodes), i in zip(outs, pending, strict=True):
+                retries[i] += extra_decodes
+                payload = None
+                if failure is None and finalize is not None:
+                    payload, failure = finalize(i, image, maps)
+                if failure is None:
+                    results[i] = GenResult(
+                        image, maps, seeds[i], tried[i], retries[i], reasons[i], None, payload
+                    )
+                    continue
+                reasons[i].append(failure)
+                if regenerations[i] < self.policy.max_retries:
+                    regenerations[i] += 1
+                    retries[i] += 1
+                    seeds[i] = retry_seed(requests[i].seed, regenerations[i])
+                    tried[i].append(seeds[i])
+                    next_pending.append(i)
+                else:
+                    results[i] = GenResult(
+                        image, maps, seeds[i], tried[i], retries[i], reasons[i], failure, None
+                    )
+            pending = next_pending
+        return [r for r in results if r is not None]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _generate_checked(
+        self, requests: Sequence[GenRequest]
+    ) -> list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None, str | None, int]]:
+        """(image, maps, failure, extra decodes) per request, in padded batches by size."""
+        out: list[Any] = [None] * len(requests)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(requests):
+            by_size.setdefault(tuple(r.size_hw), []).append(i)  # type: ignore[arg-type]
+        bs = self.params.batch_size
+        for idx in by_size.values():
+            for start in range(0, len(idx), bs):
+                chunk = idx[start : start + bs]
+                for i, res in zip(chunk, self._batch([requests[i] for i in chunk]), strict=True):
+                    out[i] = res
+        return out
+
+    def _batch(
+        self, requests: Sequence[GenRequest]
+    ) -> list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None, str | None, int]]:
+        import torch
+
+        n = len(requests)
+        padded = list(requests) + [requests[-1]] * (self.params.batch_size - n)
+        capture = any(r.weights is not None for r in requests) and self.loaded.capture_layers > 0
+        t0 = self._clock()
+        latents, maps = self._latents(padded, capture)
+        t1 = self._clock()
+        # Decode the whole padded batch: fixed shapes keep each image independent of its mates.
+        decoded = self._decode(latents, fp32=False)[:n]
+        t2 = self._clock()
+        failures = decode_failures(decoded, self.policy)
+        images = to_uint8(decoded)
+        t3 = self._clock()
+        self.timings["denoise"] += t1 - t0
+        self.timings["decode"] += t2 - t1
+        self.timings["checks"] += t3 - t2
+        results = []
+        for i in range(n):
+            extra = 0
+            failure = failures[i]
+            img = images[i]
+            if failure is not None and self.policy.fp32_vae_retry:
+                if self._vae_dtype() != torch.float32:
+                    # Decode this sample alone in float32 (batch of one: the result is the same
+                    # whichever samples failed together).
+                    extra += 1
+                    dec32 = self._decode(latents[i : i + 1], fp32=True)
+                    failure = decode_failures(dec32, self.policy)[0]
+                    img = to_uint8(dec32)[0]
+            if failure is None and self.loaded.safety_checker:
+                failure = self._nsfw(decoded[i : i + 1])
+            if failure is None and self.clip is not None:
+                text = requests[i].clip_text or requests[i].prompt
+                failure = self.clip.failures([img], [text])[0]
+            m = None if maps is None else maps[i, : self._num_queries(requests[i])].numpy()
+            results.append((img, m, failure, extra))
+        return results
+
+    def _clock(self) -> float:
+        import time
+
+        if self.profile and self.loaded.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _num_queries(self, r: GenRequest) -> int:
+        return 0 if r.weights is None else int(r.weights.shape[0])
+
+    def _generators(self, requests: Sequence[GenRequest]) -> list[torch.Generator]:
+        import torch
+
+        # CPU generators: the same noise on every device, one per image.
+        return [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
+
+    def _weights_tensor(self, requests: Sequence[GenRequest]) -> torch.Tensor:
+        import torch
+
+        q = max(self._num_queries(r) for r in requests)
+        t = int(getattr(self.loaded.tokenizer, "model_max_length", 77))
+        w = np.zeros((len(requests), max(q, 1), t), np.float32)
+        for i, r in enumerate(requests):
+            if r.weights is not None:
+                w[i, : r.weights.shape[0]] = r.weights
+        return torch.from_numpy(w).to(self.loaded.device)
+
+    def _latents(
+        self, requests: Sequence[GenRequest], capture: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Denoise a padded batch -> latents (B, C, h, w) and maps (B, Q, h, w) or None."""
+        import torch
+
+        h, w = requests[0].size_hw
+        latent_hw = (h // self.loaded.vae_scale_factor, w // self.loaded.vae_scale_factor)
+        store = self.loaded.store
+        with torch.inference_mode():
+            if capture:
+                with store.capture(self._weights_tensor(requests), latent_hw):
+                    latents = self._denoise(requests)
+                maps = store.maps()
+                store.reset()
+            else:
+                latents, maps = self._denoise(requests), None
+        return latents, maps
+
+    def _denoise(self, requests: Sequence[GenRequest]) -> torch.Tensor:
+        """The pipeline's own sampling loop with `output_type="latent"`."""
+        h, w = requests[0].size_hw
+        kwargs: dict[str, Any] = {
+            "prompt": [r.prompt for r in requests],
+            "generator": self._generators(requests),
+            "num_inference_steps": self.params.steps,
+            "guidance_scale": self.params.guidance_scale,
+            "height": h,
+            "width": w,
+            "output_type": "latent",
+        }
+        if "negative_prompt" in self._call_params and self.params.guidance_scale > 1.0:
+            kwargs["negative_prompt"] = [r.negative_prompt for r in requests]
+        latents = self.loaded.pipe(**kwargs).images
+        if latents.ndim != 4:
+            raise SpecError(
+                f"{self.where}.model: {self.loaded.model!r} returns packed latents "
+                f"{tuple(latents.shape)}; use a UNet-based text-to-image model (SD 1.x/2.x, SDXL)"
+            )
+        return latents  # type: ignore[no-any-return]
+
+    def _vae_dtype(self) -> torch.dtype:
+        return self.loaded.pipe.vae.dtype  # type: ignore[no-any-return]
+
+    def _decode(self, latents: torch.Tensor, fp32: bool) -> torch.Tensor:
+        """VAE decode (B, C, h, w) -> (B, 3, H, W) in [-1, 1] (NaN kept for the check)."""
+        import torch
+
+        vae = self.loaded.pipe.vae
+        cfg = vae.config
+        lat = latents
+        with torch.inference_mode():
+            mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+            if mean is not None and std is not None:
+                m = torch.tensor(mean).view(1, -1, 1, 1).to(lat.device, lat.dtype)
+                s = torch.tensor(std).view(1, -1, 1, 1).to(lat.device, lat.dtype)
+                lat = lat * s / cfg.scaling_factor + m
+            else:
+                lat = lat / cfg.scaling_factor
+                if getattr(cfg, "shift_factor", None):
+                    lat = lat + cfg.shift_factor
+            orig = vae.dtype
+            upcast = fp32 or (orig == torch.float16 and bool(getattr(cfg, "force_upcast", False)))
+            if upcast and orig != torch.float32:
+                vae.to(torch.float32)
+            try:
+                target = torch.float32 if upcast else orig
+                return vae.decode(lat.to(target), return_dict=False)[0]  # type: ignore[no-any-return]
+            finally:
+                if upcast and orig != torch.float32:
+                    vae.to(orig)
+
+    def _nsfw(self, decoded: torch.Tensor) -> str | None:
+        pipe = self.loaded.pipe
+        _, flags = pipe.run_safety_checker(decoded, self.loaded.device, decoded.dtype)
+        return "nsfw" if flags is not None and any(flags) else None
+
+
+def resize_rgb(image: npt.NDArray[np.uint8], size_hw: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    """Resize (H, W, 3) uint8 to `size_hw` with Lanczos (no-op when equal)."""
+    if image.shape[:2] == tuple(size_hw):
+        return image
+    from PIL import Image
+
+    h, w = size_hw
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
+
+
+# ---------------------------------------------------------------------------------------------
+# Object source "diffusion"
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_OBJECT_PROMPT = (
+    "a photo of a single {colour} {class}, {viewpoint}, isolated on a plain white background"
+)
+
+
+class DiffusionObjectParams(PipelineParams):
+    """Object-centric prompts -> RGBA crops whose alpha is the object mask.
+
+    `prompt` is the template for classes without their own `prompts` (spec `classes[].prompts`
+    are templates too); it must mention the class, via `{class}` or the class name.
+    """
+
+    prompt: str = DEFAULT_OBJECT_PROMPT
+    mask_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.35
+    background_threshold: Annotated[float, Field(ge=0.0, le=255.0)] = 30.0
+    min_object_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.01
+
+
+class DiffusionObjectSource:
+    """`crops(requests)` -> RGBA crops (h, w, 4); `last_metadata` holds one dict per crop."""
+
+    def __init__(
+        self,
+        params: DiffusionObjectParams,
+        class_names: Sequence[str],
+        class_prompts: Mapping[str, Sequence[str]] | None = None,
+        where: str = "objects.params",
+    ) -> None:
+        self.params = params
+        self.where = where
+        self.attributes = params.merged_attributes()
+        allowed = {*self.attributes, "class"}
+        self.templates: dict[str, list[str]] = {}
+        for name in class_names:
+            tmpls = list((class_prompts or {}).get(name) or [params.prompt])
+            for t in tmpls:
+                check_template(t, allowed, f"{where}.prompt (class {name!r})")
+                probe = render(
+                    t,
+                    {**{k: v[0] for k, v in self.attributes.items()}, "class": class_phrase(name)},
+                )
+                if not phrase_spans(probe, [class_phrase(name)])[0]:
+                    raise SpecError(
+                        f"classes.{name}.prompts: prompt {t!r} must mention the class "
+                        "(write {class} or the class name)"
+                    )
+            self.templates[name] = tmpls
+        self.engine = DiffusionEngine.from_params(params, where)
+        self.last_metadata: list[dict[str, Any]] = []
+
+    def _request(self, req: CropRequest) -> tuple[GenRequest, dict[str, Any]]:
+        rng = randomness.rng(req.seed, 0, "prompt")
+        tmpls = self.templates.get(req.class_name)
+        if tmpls is None:
+            raise SpecError(f"{self.where}: unknown class {req.class_name!r}")
+        template = tmpls[int(rng.integers(len(tmpls)))]
+        attrs = draw_attributes(template, self.attributes, rng)
+        phrase = class_phrase(req.class_name)
+        prompt = render(template, {**attrs, "class": phrase})
+        weights, tokens = query_weights(
+            self.engine.loaded.tokenizer, prompt, phrase_spans(prompt, [phrase])
+        )
+        size = self.params.resolution or self.engine.loaded.native_size
+        gen = GenRequest(
+            prompt=prompt,
+            negative_prompt=self.params.negative_prompt,
+            seed=int(req.seed),
+            size_hw=self.engine.generation_size((size, size)),
+            weights=weights,
+            clip_text=prompt,
+        )
+        md = {
+            "prompt": prompt,
+            "attributes": attrs,
+            "class": req.class_name,
+            "tokens": tokens[0],
+            **self.engine.describe(),
+        }
+        return gen, md
+
+    def _cut(
+        self, _i: int, image: npt.NDArray[np.uint8], maps: npt.NDArray[np.float32] | None
+    ) -> tuple[Any, str | None]:
+        if maps is None or maps.shape[0] == 0:
+            mask = attn_labels.largest_component(
+                attn_labels.background_difference(image, self.params.background_threshold)
+            )
+        else:
+            mask = attn_labels.object_mask(
+                image,
+                maps[0],
+                threshold=self.params.mask_threshold,
+                bg_threshold=self.params.background_threshold,
+            )
+        if mask.sum() < max(1.0, self.params.min_object_fraction * mask.size):
+            return None, "no_object"
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        y1, y2, x1, x2 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        rgba = np.dstack([image[y1:y2, x1:x2], mask[y1:y2, x1:x2].astype(np.uint8) * 255])
+        return np.ascontiguousarray(rgba, dtype=np.uint8), None
+
+    def crops(self, requests: Sequence[CropRequest]) -> list[npt.NDArray[np.uint8]]:
+        built = [self._request(r) for r in requests]
+        results = self.engine.run([g for g, _ in built], finalize=self._cut)
+        crops: list[npt.NDArray[np.uint8]] = []
+        self.last_metadata = []
+        for (_, md), res in zip(built, results, strict=True):
+            if res.payload is None:  # rejected: a fully transparent crop carries no object
+                h, w = res.image.shape[:2]
+                crops.append(np.zeros((h, w, 4), np.uint8))
+            else:
+                crops.append(res.payload)
+            self.last_metadata.append({**md, **res.metadata()})
+        return crops
+
+
+@OBJECT_SOURCES.register("diffusion", DiffusionObjectParams)
+def _make_object_source(
+    params: DiffusionObjectParams,
+    *,
+    class_names: Sequence[str] = (),
+    spec: Any = None,
+    **_: Any,
+) -> DiffusionObjectSource:
+    prompts: dict[str, list[str]] = {}
+    if spec is not None:
+        class_names = tuple(c.name for c in spec.classes)
+        prompts = {c.name: list(c.prompts) for c in spec.classes if c.prompts}
+    return DiffusionObjectSource(params, class_names, prompts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Background source "diffusion"
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_BACKGROUND_PROMPT = "a photo of an empty {place}, {weather}, {time_of_day}, no people"
+
+
+class DiffusionBackgroundParams(PipelineParams):
+    prompt: str = DEFAULT_BACKGROUND_PROMPT
+
+
+class DiffusionBackgroundSource:
+    """`backgrounds(requests)` -> RGB (H, W, 3) of each request's exact size."""
+
+    def __init__(self, params: DiffusionBackgroundParams, where: str = "background.params"):
+        self.params = params
+        self.attributes = params.merged_attributes()
+        check_template(params.prompt, set(self.attributes), f"{where}.prompt")
+        self.engine = DiffusionEngine.from_params(params, where)
+        self.last_metadata: list[dict[str, Any]] = []
+
+    def backgrounds(self, requests: Sequence[BackgroundRequest]) -> list[npt.NDArray[np.uint8]]:
+        gens, mds = [], []
+        for r in requests:
+            rng = randomness.rng(r.seed, 0, "prompt")
+            attrs = draw_attributes(self.params.prompt, self.attributes, rng)
+            prompt = render(self.params.prompt, attrs)
+            gens.append(
+                GenRequest(
+                    prompt,
+                    self.params.negative_prompt,
+                    int(r.seed),
+                    self.engine.generation_size(r.size_hw),
+                    clip_text=prompt,
+                )
+            )
+            mds.append({"prompt": prompt, "attributes": attrs, **self.engine.describe()})
+        results = self.engine.run(gens)
+        self.last_metadata = [
+            {**md, **res.metadata()} for md, res in zip(mds, results, strict=True)
+        ]
+        return [resize_rgb(res.image, r.size_hw) for res, r in zip(results, requests, strict=True)]
+
+
+@BACKGROUND_SOURCES.register("diffusion", DiffusionBackgroundParams)
+def _make_background_source(
+    params: DiffusionBackgroundParams, **_: Any
+) -> DiffusionBackgroundSource:
+    return DiffusionBackgroundSource(params)

@@ -1,0 +1,130 @@
+"""Cross-attention capture and maps -> masks -> boxes (tiny random UNet, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synthvision import boxes as box_ops
+from synthvision.labelers import attention as attn
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from tests import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pipe():  # type: ignore[no-untyped-def]
+    from diffusers import AutoPipelineForText2Image
+
+    p = AutoPipelineForText2Image.from_pretrained(tiny_models.sd_model(), use_safetensors=True)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _run(pipe, prompts: list[str], seeds: list[int], guidance: float = 5.0):  # type: ignore[no-untyped-def]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    with torch.inference_mode():
+        return pipe(
+            prompts,
+            negative_prompt=[""] * len(prompts),
+            generator=gens,
+            num_inference_steps=2,
+            height=32,
+            width=32,
+            guidance_scale=guidance,
+            output_type="latent",
+        ).images
+
+
+@pytest.mark.parametrize("guidance", [5.0, 1.0])
+def test_capture_gives_one_map_per_query_on_the_latent_grid_and_same_image(pipe, guidance) -> None:  # type: ignore[no-untyped-def]
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    prompts = ["a photo of a red cat", "two dogs on a street"]
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    stock = _run(pipe, prompts, [1, 2], guidance)
+
+    store = attn.AttentionStore()
+    n_layers = attn.install_capture(pipe.unet, store)
+    assert n_layers > 0
+    spans = [
+        attn.token_span(pipe.tokenizer, prompts[0], 16, 19),  # "cat"
+        attn.token_span(pipe.tokenizer, prompts[1], 4, 8),  # "dogs"
+        [1],  # a single token
+    ]
+    w = np.stack([attn.token_weights(spans, 77)] * 2)  # (B=2, Q=3, T=77)
+    with store.capture(torch.from_numpy(w), latent_hw=(16, 16)):
+        captured = _run(pipe, prompts, [1, 2], guidance)
+    maps = store.maps()
+
+    assert maps.shape == (2, 3, 16, 16)  # (B, Q, latent h, latent w)
+    assert torch.isfinite(maps).all() and (maps >= 0).all()
+    assert (maps.flatten(2).sum(-1) > 0).all()
+    assert torch.equal(stock, captured)  # capture leaves the image bit-identical
+    store.reset()
+    # Unarmed, the capture processor is the stock computation too.
+    assert torch.equal(stock, _run(pipe, prompts, [1, 2], guidance))
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+
+
+def test_token_span_covers_the_words(pipe) -> None:  # type: ignore[no-untyped-def]
+    tok = pipe.tokenizer
+    prompt = "a photo of a fire truck and two cats"
+    start = prompt.index("fire truck")
+    span = attn.token_span(tok, prompt, start, start + len("fire truck"))
+    ids = tok(prompt).input_ids
+    assert tok.decode([ids[i] for i in span]).strip() == "fire truck"
+    assert span == sorted(span) and span[0] >= 1
+
+
+def test_instances_from_maps_boxes_are_tight_boxes_of_masks() -> None:
+    maps = np.zeros((2, 8, 8), np.float32)
+    maps[0, 1:3, 1:3] = 1.0  # class 4: one blob top-left
+    maps[0, 5:7, 5:7] = 0.9  # ... and another bottom-right
+    maps[1, 1:3, 5:7] = 1.0  # class 7
+    inst = attn.instances_from_maps(
+        maps, [4, 7], (64, 64), threshold=0.5, min_confidence=0.3, min_area_px=4
+    )
+    assert sorted(inst.class_id.tolist()) == [4, 4, 7]
+    assert inst.masks is not None and inst.masks.shape == (3, 64, 64)
+    np.testing.assert_array_equal(inst.xyxy, box_ops.masks_to_xyxy(inst.masks))
+    assert (inst.area > 0).all()
+    assert (inst.xyxy[:, :2] >= 0).all() and (inst.xyxy[:, 2:] <= 64).all()
+    assert not (inst.masks.sum(axis=0) > 1).any()  # no pixel in two masks
+    limited = attn.instances_from_maps(
+        maps, [4, 7], (64, 64), threshold=0.5, min_confidence=0.3, max_per_query=[1, 1]
+    )
+    assert sorted(limited.class_id.tolist()) == [4, 7]
+    strict = attn.instances_from_maps(maps, [4, 7], (64, 64), threshold=0.5, min_area_px=10**6)
+    assert len(strict) == 0 and strict.masks is not None
+
+
+def test_object_mask_combines_attention_and_background_difference() -> None:
+    img = np.full((64, 64, 3), 250, np.uint8)
+    img[20:40, 10:30] = (200, 30, 30)  # the object
+    img[2:6, 55:60] = (0, 0, 0)  # a speck far from the attention
+    amap = np.zeros((8, 8), np.float32)
+    amap[3:5, 2:3] = 1.0  # coarse attention around the object
+    mask = attn.object_mask(img, amap, threshold=0.3)
+    truth = np.zeros((64, 64), bool)
+    truth[20:40, 10:30] = True
+    assert (mask == truth).mean() > 0.98
+    assert not mask[2:6, 55:60].any()
+
+
+def test_refine_boxes_with_maps_tightens_inside_the_box() -> None:
+    maps = np.zeros((1, 16, 16), np.float32)
+    maps[0, 4:8, 4:8] = 1.0
+    boxes, masks = attn.refine_boxes_with_maps(
+        np.array([[0.0, 0.0, 48.0, 48.0]]), maps, (64, 64), threshold=0.5, min_fill=0.05
+    )
+    assert boxes.shape == (1, 4) and masks.shape == (1, 64, 64)
+    np.testing.assert_array_equal(boxes[0], box_ops.mask_to_xyxy(masks[0]))
+    assert boxes[0, 0] >= 12 and boxes[0, 2] <= 36  # tighter than the layout box
+    # No attention in the box: the layout box stays the label.
+    boxes, masks = attn.refine_boxes_with_maps(
+        np.array([[40.0, 40.0, 60.0, 60.0]]), maps, (64, 64), threshold=0.5
+    )
+    np.testing.assert_array_equal(boxes[0], [40, 40, 60, 60])

@@ -1,0 +1,278 @@
+"""Diffusion generators on tiny random models (CPU, 2 steps, 32 px): valid labeled samples,
+determinism, batch independence, decode retries, clear errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from synthvision import boxes as box_ops
+from synthvision.config import Spec, parse_spec
+from synthvision.errors import SpecError
+from synthvision.plan import make_plan
+from synthvision.structures import Sample
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from synthvision.generators import SCENE_GENERATORS  # noqa: E402
+from synthvision.generators import diffusion as dif  # noqa: E402
+from synthvision.generators.base import BackgroundRequest, CropRequest  # noqa: E402
+from tests import tiny_models  # noqa: E402
+
+CLASSES = ["cat", "fire_truck", "dog"]
+
+
+def scene_spec(name: str, model: str, num_images: int = 4, **params: Any) -> Spec:
+    return parse_spec(
+        {
+            "name": "tiny-diffusion",
+            "seed": 3,
+            "num_images": num_images,
+            "image_size": [32, 32],
+            "classes": [{"name": c} for c in CLASSES],
+            "objects_per_image": [1, 3],
+            "layout": {"min_area_px": 4, "scale": [0.2, 0.5]},
+            "scene": {
+                "name": name,
+                "params": {"model": model, "steps": 2, "batch_size": 4, **params},
+            },
+        }
+    )
+
+
+def make(spec: Spec) -> Any:
+    return SCENE_GENERATORS.create(spec.scene.name, spec.scene.params, "scene", spec=spec)
+
+
+def assert_valid(samples: list[Sample], spec: Spec) -> None:
+    jobs = make_plan(spec)
+    assert [s.index for s in samples] == [j.index for j in jobs[: len(samples)]]
+    for s in samples:
+        h, w = spec.image_size
+        assert s.image.dtype == np.uint8 and s.image.shape == (h, w, 3)
+        inst = s.instances
+        assert ((inst.class_id >= 0) & (inst.class_id < len(spec.classes))).all()
+        assert (inst.xyxy[:, :2] >= 0).all() and (inst.xyxy[:, 2] <= w).all()
+        assert (inst.xyxy[:, 3] <= h).all()
+        assert (box_ops.area_xyxy(inst.xyxy) > 0).all()
+        if inst.masks is not None:
+            assert (inst.masks.reshape(len(inst), -1).sum(1) > 0).all()
+            np.testing.assert_array_equal(inst.xyxy, box_ops.masks_to_xyxy(inst.masks))
+        md = s.metadata
+        json.dumps(md)  # JSON-serialisable
+        for key in ("prompt", "seed", "retries", "model", "safety_checker"):
+            assert key in md, key
+        assert md["safety_checker"] == "off"
+        assert "rejected" not in md
+
+
+@pytest.fixture(scope="module")
+def attention_gen() -> Any:
+    return make(scene_spec("diffusion-attention", tiny_models.sd_model()))
+
+
+def test_diffusion_attention_scenes_are_valid_and_labeled(attention_gen: Any) -> None:
+    spec = attention_gen.spec
+    samples = attention_gen.generate(make_plan(spec))
+    assert_valid(samples, spec)
+    assert sum(len(s.instances) for s in samples) > 0
+    for s in samples:
+        assert s.instances.masks is not None and s.instances.scores is not None
+        planned = s.metadata["planned"]
+        for c in s.instances.class_id:  # labels only for classes the prompt named
+            assert spec.classes[int(c)].name in planned
+        for name in set(planned):
+            assert name.replace("_", " ") in s.metadata["prompt"].replace("trucks", "truck")
+
+
+def test_same_seed_identical_pixels_and_other_seed_differs(attention_gen: Any) -> None:
+    jobs = make_plan(attention_gen.spec)[:2]
+    a = attention_gen.generate(jobs)
+    b = attention_gen.generate(jobs)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.image, y.image)
+        np.testing.assert_array_equal(x.instances.xyxy, y.instances.xyxy)
+    other = make_plan(
+        scene_spec("diffusion-attention", tiny_models.sd_model()).model_copy(update={"seed": 4})
+    )[:1]
+    assert not np.array_equal(attention_gen.generate(other)[0].image, a[0].image)
+
+
+def test_image_identical_in_a_batch_of_four_or_alone(attention_gen: Any) -> None:
+    jobs = make_plan(attention_gen.spec)[:4]
+    together = attention_gen.generate(jobs)
+    for job, t in zip(jobs, together, strict=True):
+        alone = attention_gen.generate([job])[0]
+        np.testing.assert_array_equal(alone.image, t.image)
+        np.testing.assert_array_equal(alone.instances.xyxy, t.instances.xyxy)
+        np.testing.assert_array_equal(alone.instances.class_id, t.instances.class_id)
+    # The same image with different batch-mates, too.
+    mixed = attention_gen.generate([jobs[3], jobs[1]])
+    np.testing.assert_array_equal(mixed[1].image, together[1].image)
+
+
+def test_gligen_scenes_are_valid_with_layout_labels() -> None:
+    spec = scene_spec("gligen", tiny_models.gligen_model())
+    gen = make(spec)
+    samples = gen.generate(make_plan(spec))
+    assert_valid(samples, spec)
+    for s in samples:
+        assert len(s.metadata["phrases"]) == len(s.metadata["layout_xyxy"])
+        assert len(s.instances) <= len(s.metadata["layout_xyxy"])
+        assert len(s.instances) > 0
+        # Tightened boxes stay inside their layout boxes.
+        layout = np.array(s.metadata["layout_xyxy"])
+        for b in s.instances.xyxy:
+            assert (box_ops.iou_xyxy(b, layout) > 0).any()
+    again = gen.generate(make_plan(spec)[:1])[0]
+    np.testing.assert_array_equal(again.image, samples[0].image)
+    plain = make(scene_spec("gligen", tiny_models.gligen_model(), tighten=False))
+    loose = plain.generate(make_plan(spec)[:2])
+    for s in loose:
+        assert s.instances.masks is None
+        np.testing.assert_allclose(s.instances.xyxy, np.array(s.metadata["layout_xyxy"]))
+
+
+def test_object_source_returns_rgba_crops_with_object_alpha() -> None:
+    params = dif.DiffusionObjectParams(model=tiny_models.sd_model(), steps=2, batch_size=4)
+    src = dif.DiffusionObjectSource(params, CLASSES)
+    reqs = [CropRequest(c, (12, 12), seed=10 + i) for i, c in enumerate(CLASSES)]
+    crops = src.crops(reqs)
+    assert len(crops) == len(reqs) == len(src.last_metadata)
+    for crop, md, req in zip(crops, src.last_metadata, reqs, strict=True):
+        assert crop.dtype == np.uint8 and crop.ndim == 3 and crop.shape[2] == 4
+        assert (crop[..., 3] > 0).any()
+        assert set(np.unique(crop[..., 3])) <= {0, 255}
+        assert req.class_name.replace("_", " ") in md["prompt"] and md["tokens"]
+        json.dumps(md)
+    again = src.crops(reqs[:1])[0]
+    np.testing.assert_array_equal(again, crops[0])
+
+
+def test_background_source_exact_size_and_deterministic() -> None:
+    params = dif.DiffusionBackgroundParams(model=tiny_models.sd_model(), steps=2, batch_size=2)
+    src = dif.DiffusionBackgroundSource(params)
+    reqs = [
+        BackgroundRequest((30, 44), 1),
+        BackgroundRequest((30, 44), 2),
+        BackgroundRequest((16, 16), 3),
+    ]
+    out = src.backgrounds(reqs)
+    assert [o.shape for o in out] == [(30, 44, 3), (30, 44, 3), (16, 16, 3)]
+    assert all(o.dtype == np.uint8 for o in out)
+    np.testing.assert_array_equal(src.backgrounds(reqs[1:2])[0], out[1])
+
+
+def _nan_decode(vae: Any, bad: Any) -> Any:
+    """Wrap vae.decode: outputs NaN while `bad(call_number, dtype)` says so."""
+    real = vae.decode
+    calls = {"n": 0}
+
+    def decode(z: Any, return_dict: bool = True) -> Any:
+        calls["n"] += 1
+        out = real(z, return_dict=False)[0]
+        if bad(calls["n"], vae.dtype):
+            out = torch.full_like(out, float("nan"))
+        return (out,)
+
+    return decode
+
+
+def test_nan_decode_is_retried_with_a_new_seed(
+    monkeypatch: pytest.MonkeyPatch, attention_gen: Any
+) -> None:
+    vae = attention_gen.engine.loaded.pipe.vae
+    monkeypatch.setattr(vae, "decode", _nan_decode(vae, lambda n, _: n == 1))
+    job = make_plan(attention_gen.spec)[0]
+    s = attention_gen.generate([job])[0]
+    assert s.metadata["retries"] == 1 and s.metadata["retry_reasons"] == ["nan"]
+    assert s.metadata["seed"] != job.derive_seed("diffusion")
+    assert len(s.instances) > 0 and np.isfinite(s.image).all()
+
+
+def test_nan_decode_forever_never_produces_labels(
+    monkeypatch: pytest.MonkeyPatch, attention_gen: Any
+) -> None:
+    vae = attention_gen.engine.loaded.pipe.vae
+    monkeypatch.setattr(vae, "decode", _nan_decode(vae, lambda n, _: True))
+    jobs = make_plan(attention_gen.spec)[:2]
+    for s in attention_gen.generate(jobs):
+        assert s.metadata["rejected"] == "nan"
+        assert len(s.instances) == 0
+        assert s.metadata["retries"] == attention_gen.params.max_retries
+        assert s.image.shape == (32, 32, 3)
+
+
+def test_half_precision_nan_is_fixed_by_a_float32_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = make(scene_spec("diffusion-attention", tiny_models.sd_model(), dtype="bfloat16"))
+    vae = gen.engine.loaded.pipe.vae
+    monkeypatch.setattr(vae, "decode", _nan_decode(vae, lambda n, dt: dt != torch.float32))
+    job = make_plan(gen.spec)[0]
+    s = gen.generate([job])[0]
+    assert s.metadata["retries"] == 1 and "retry_reasons" not in s.metadata
+    assert s.metadata["seed"] == job.derive_seed("diffusion")  # same seed: only the decode redone
+    assert "rejected" not in s.metadata
+
+
+def test_clip_filter_rejects_below_threshold() -> None:
+    clip = {"model": tiny_models.clip_model(), "threshold": 100.0}
+    gen = make(
+        scene_spec("diffusion-attention", tiny_models.sd_model(), clip_filter=clip, max_retries=1)
+    )
+    s = gen.generate(make_plan(gen.spec)[:1])[0]
+    assert s.metadata["rejected"].startswith("clip_score") and len(s.instances) == 0
+    ok = make(
+        scene_spec(
+            "diffusion-attention", tiny_models.sd_model(), clip_filter={**clip, "threshold": 0.0}
+        )
+    )
+    assert "rejected" not in ok.generate(make_plan(ok.spec)[:1])[0].metadata
+
+
+@pytest.mark.parametrize("name", ["diffusion-attention", "gligen"])
+def test_missing_model_path_is_a_clear_spec_error(name: str, tmp_path: Any) -> None:
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(SpecError, match=r"scene\.params\.model: .*does not exist"):
+        make(scene_spec(name, missing))
+    with pytest.raises(SpecError, match=r"could not load"):
+        make(scene_spec(name, str(tmp_path)))  # exists, but holds no pipeline
+
+
+def test_bad_params_are_spec_errors() -> None:
+    with pytest.raises(SpecError, match=r"scene\.params\.stepz"):
+        make(scene_spec("diffusion-attention", tiny_models.sd_model(), stepz=3))
+    with pytest.raises(SpecError, match=r"unknown template field"):
+        make(
+            scene_spec(
+                "diffusion-attention", tiny_models.sd_model(), prompt="{objects} at {planet}"
+            )
+        )
+    with pytest.raises(SpecError, match=r"\{objects\}"):
+        make(scene_spec("diffusion-attention", tiny_models.sd_model(), prompt="a photo"))
+    with pytest.raises(SpecError, match=r"scheduler"):
+        make(scene_spec("diffusion-attention", tiny_models.sd_model(), scheduler="Nope"))
+    with pytest.raises(SpecError, match=r"must mention the class"):
+        dif.DiffusionObjectSource(
+            dif.DiffusionObjectParams(model=tiny_models.sd_model(), steps=1),
+            ["cat"],
+            {"cat": ["a photo of a dog"]},
+        )
+
+
+def test_prompt_helpers() -> None:
+    assert dif.objects_text([1, 0, 0], ["cat", "fire truck"]) == "a fire truck and two cats"
+    assert dif.objects_text([0, 1, 2], ["box", "apple", "puppy"]) == "a box, an apple and a puppy"
+    assert dif.plural("bus") == "buses" and dif.plural("puppy") == "puppies"
+    prompt = "two fire trucks and a truck"
+    spans = dif.phrase_spans(prompt, ["truck", "fire truck"])
+    assert [prompt[a:b] for a, b in spans[1]] == ["fire trucks"]
+    assert [prompt[a:b] for a, b in spans[0]] == ["truck"]
+    rng1, rng2 = np.random.default_rng(0), np.random.default_rng(0)
+    t = "a {colour} {class} {weather}"
+    a1 = dif.draw_attributes(t, dif.DEFAULT_ATTRIBUTES, rng1)
+    assert a1 == dif.draw_attributes(t, dif.DEFAULT_ATTRIBUTES, rng2)
+    assert set(a1) == {"colour", "weather"}
