@@ -392,7 +392,8 @@ def write_preview(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int)
 
     from synthvision.viz import draw_instances, save_preview
 
-    tiles, captions = [], []
+    tiles: list[np.ndarray] = []
+    captions: list[str] = []
     for i in range(num_items):
         if len(tiles) == spec.export.preview_images:
             break

@@ -109,12 +109,16 @@ class ShardWriter:
         self._file.write(line.encode() + b"\n")
         self._file.flush()  # survives SIGKILL of this process (the OS holds the data)
 
-    def write_rejected(
-        self, index: int, split: str, reason: str, metadata: dict[str, Any]
-    ) -> None:
+    def write_rejected(self, index: int, split: str, reason: str, metadata: dict[str, Any]) -> None:
         """Record that `index` failed every retry: no image, no labels; counted in the manifest."""
         line = json.dumps(
-            {"index": index, "file": None, "split": split, "rejected": reason, "metadata": metadata},
+            {
+                "index": index,
+                "file": None,
+                "split": split,
+                "rejected": reason,
+                "metadata": metadata,
+            },
             separators=(",", ":"),
         )
         self._file.write(line.encode() + b"\n")
