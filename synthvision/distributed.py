@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from synthvision.devices import DEVICE_ENV  # the device models use for "auto"
 from synthvision.errors import SpecError
 
 T = TypeVar("T")
 
-DEVICE_ENV = "SYNTHVISION_DEVICE"  # the device this process's models should use when "auto"
 TIMEOUT_ENV = "SYNTHVISION_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 24 * 3600
 

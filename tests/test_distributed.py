@@ -22,7 +22,13 @@ import pytest
 import yaml
 
 from synthvision import distributed
-from synthvision.build import ProcessContext, build, create_scene_generator, generate_shard
+from synthvision.build import (
+    ProcessContext,
+    build,
+    create_scene_generator,
+    generate_shard,
+    variants_per_image,
+)
 from synthvision.build import shard_items as shard_items_of
 from synthvision.config import Spec
 from synthvision.errors import SpecError
@@ -171,12 +177,13 @@ def _emulate_ranks(spec: Spec, out: Path, world: int, ranks: list[int]) -> None:
     from one scan taken before any of them writes."""
     from synthvision.shards import scan_records
 
+    k = variants_per_image(spec)
     prepare_output_dir(out, spec.fingerprint(), overwrite=False)
-    finished = scan_records(out, spec.num_images).finished
+    finished = scan_records(out, spec.num_images * k).finished
     generator = create_scene_generator(spec)
     for rank in ranks:
         ctx = ProcessContext(rank=rank, world_size=world)
-        items = shard_items_of(finished, 1, ctx)
+        items = shard_items_of(finished, k, ctx)
         generate_shard(spec, out, generator, ctx, batch_size=2, items=items)
 
 
@@ -192,6 +199,19 @@ def test_resume_across_world_sizes_is_byte_identical(tmp_path: Path) -> None:
     assert (shard_dir(out, 1) / "records.jsonl").read_bytes().count(b"\n") == 4  # of the 8 left
     result = build(spec, out, show_progress=False)  # 1 process finishes the last 4
     assert (result.skipped, result.generated) == (7, 4)
+    assert dataset_digests(out) == dataset_digests(ref)
+
+
+def test_resume_across_world_sizes_with_augmented_variants(tmp_path: Path) -> None:
+    # 3 dataset items per generated image: a rank's share keeps an image's variants together
+    augment = {"preset": "light", "variants": 2, "keep_original": True}
+    spec = small_spec(num_images=5, image_size=[64, 64], augment=augment)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    build(spec, ref, show_progress=False)
+    _emulate_ranks(spec, out, world=2, ranks=[1])  # images 3, 4 -> items 9..14
+    _emulate_ranks(spec, out, world=3, ranks=[0, 2])  # of images 0, 1, 2: 0 and 2
+    result = build(spec, out, show_progress=False)
+    assert (result.skipped, result.generated) == (12, 3)
     assert dataset_digests(out) == dataset_digests(ref)
 
 

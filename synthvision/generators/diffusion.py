@@ -32,6 +32,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synthvision import randomness
+from synthvision.devices import resolve_device
 from synthvision.errors import SpecError
 from synthvision.filters import (
     ClipFilterParams,
@@ -262,14 +263,6 @@ def query_weights(
 # ---------------------------------------------------------------------------------------------
 # Pipeline loading (cached per process)
 # ---------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:

@@ -120,7 +120,8 @@ class DetectorLabeler:
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        from synthvision.generators.diffusion import class_phrase, resolve_device, resolve_dtype
+        from synthvision.devices import resolve_device
+        from synthvision.generators.diffusion import class_phrase, resolve_dtype
 
         self.params = params
         self.class_names = list(class_names)
