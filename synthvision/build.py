@@ -14,7 +14,9 @@ import shutil
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -261,7 +263,17 @@ def generate_shard(
     export = spec.export
     augmentation = _Augmentation(spec)
     writer = ShardWriter(out_dir, ctx.rank)
-    written = 0
+
+    def write_item(out_index: int, item: Sample, split: str) -> None:
+        encoded = encode_image(
+            item.image,
+            export.image_format,
+            jpeg_quality=export.jpeg_quality,
+            png_compress_level=export.png_compress_level,
+        )
+        writer.write(out_index, encoded, suffix, _record(item, split, spec))
+
+    background = _OrderedWriter(tick, max_pending=2 * batch_size)
     try:
         for start in range(0, len(todo_jobs), batch_size):
             batch = [jobs[g] for g in todo_jobs[start : start + batch_size]]
@@ -274,25 +286,60 @@ def generate_shard(
                 if rejected:  # failed every retry: recorded and counted, never labeled
                     for out_index in range(sample.index * k, (sample.index + 1) * k):
                         if out_index in wanted:
-                            writer.write_rejected(out_index, split, str(rejected), sample.metadata)
-                            written += 1
-                            if tick is not None:
-                                tick(1)
+                            background.submit(
+                                writer.write_rejected,
+                                out_index,
+                                split,
+                                str(rejected),
+                                sample.metadata,
+                            )
                     continue
                 for out_index, item in augmentation.items(sample, wanted):
-                    encoded = encode_image(
-                        item.image,
-                        export.image_format,
-                        jpeg_quality=export.jpeg_quality,
-                        png_compress_level=export.png_compress_level,
-                    )
-                    writer.write(out_index, encoded, suffix, _record(item, split, spec))
-                    written += 1
-                    if tick is not None:
-                        tick(1)
+                    background.submit(write_item, out_index, item, split)
     finally:
-        writer.close()
-    return written
+        try:
+            background.close()  # every submitted item is on disk (or its error raised)
+        finally:
+            writer.close()
+    return background.done
+
+
+class _OrderedWriter:
+    """Runs write jobs on one background thread, in submission order.
+
+    Encoding (JPEG/PNG releases the GIL), mask encoding and file writes of one batch overlap the
+    generation of the next. One FIFO worker keeps records in the same order and bytes as a
+    synchronous writer; at most `max_pending` items wait, so memory stays bounded.
+    """
+
+    def __init__(self, tick: Callable[[int], None] | None, max_pending: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthvision-writer")
+        self._pending: deque[Future[None]] = deque()
+        self._tick = tick
+        self._max_pending = max(1, max_pending)
+        self.done = 0
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > self._max_pending:
+            self._finish_one()
+
+    def _finish_one(self) -> None:
+        self._pending.popleft().result()  # re-raises the worker's error here
+        self.done += 1
+        if self._tick is not None:
+            self._tick(1)
+
+    def close(self) -> None:
+        try:
+            while self._pending:
+                self._finish_one()
+        finally:
+            for future in self._pending:  # after an error: finish what was queued, then stop
+                future.cancel()
+            self._pool.shutdown(wait=True)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
