@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +37,28 @@ def dataset_digests(out: Path) -> dict[str, str]:
             if path.is_file():
                 digests[str(path.relative_to(out))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digests
+
+
+def coco_self_eval_ap(ann_path: Path, iou_type: str) -> float:
+    """pycocotools COCOeval of a COCO file's ground truth against itself (each GT a detection
+    with score 1); a correct file gives AP = 1.0 for "bbox" and "segm"."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_path))
+        dets = [
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": a["bbox"],
+                "score": 1.0,
+                **({"segmentation": gt.annToRLE(a)} if iou_type == "segm" else {}),
+            }
+            for a in gt.dataset["annotations"]
+        ]
+        ev = COCOeval(gt, gt.loadRes(dets), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0])

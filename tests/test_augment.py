@@ -21,6 +21,8 @@ from synthvision.config import AugmentSpec
 from synthvision.errors import SpecError
 from synthvision.structures import Instances, Sample
 
+from .helpers import coco_self_eval_ap
+
 A = pytest.importorskip("albumentations")
 
 
@@ -388,33 +390,6 @@ def test_empty_samples() -> None:
 # ------------------------------------------------------------------------ `synthvision augment`
 
 
-def _coco_ap(ann_path: Path, iou_type: str) -> float:
-    """pycocotools COCOeval of the ground truth against itself (every GT a detection)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_path))
-        dets = [
-            {
-                "image_id": a["image_id"],
-                "category_id": a["category_id"],
-                "bbox": a["bbox"],
-                "score": 1.0,
-                **({"segmentation": gt.annToRLE(a)} if iou_type == "segm" else {}),
-            }
-            for a in gt.dataset["annotations"]
-        ]
-        ev = COCOeval(gt, gt.loadRes(dets), iou_type)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[0])
-
-
 @pytest.fixture(scope="module")
 def coco_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small COCO dataset with RLE masks: 3 train + 1 val images (PNG, 64x80)."""
@@ -453,7 +428,7 @@ def test_augment_command_coco_gives_a_valid_dataset(coco_source: Path, tmp_path:
     for split in ("train", "val"):
         ann = out / "coco" / "annotations" / f"instances_{split}.json"
         for iou_type in ("bbox", "segm"):
-            assert _coco_ap(ann, iou_type) == pytest.approx(1.0)
+            assert coco_self_eval_ap(ann, iou_type) == pytest.approx(1.0)
     lines = (out / "provenance.jsonl").read_text().splitlines()
     assert len(lines) == 12
     first, second = json.loads(lines[0]), json.loads(lines[1])
@@ -499,7 +474,9 @@ def test_augment_command_yolo_source(coco_source: Path, tmp_path: Path) -> None:
     assert manifest["source_format"] == "yolo"
     assert manifest["export"]["coco_masks"] == "none"
     assert validate_dataset(out) == []
-    assert _coco_ap(out / "coco/annotations/instances_train.json", "bbox") == pytest.approx(1.0)
+    assert coco_self_eval_ap(
+        out / "coco/annotations/instances_train.json", "bbox"
+    ) == pytest.approx(1.0)
 
 
 def test_augment_cli_errors_are_one_line(coco_source: Path, tmp_path: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -11,8 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from pydantic import BaseModel, ConfigDict
 
 from synthvision.build import build
@@ -20,7 +16,7 @@ from synthvision.errors import OutputDirError
 from synthvision.generators import SCENE_GENERATORS
 from synthvision.validate import validate_dataset
 
-from .helpers import dataset_digests, small_spec
+from .helpers import coco_self_eval_ap, dataset_digests, small_spec
 
 
 @pytest.fixture(scope="module")
@@ -28,26 +24,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("build") / "ds"
     build(small_spec(num_images=14), out, show_progress=False)
     return out
-
-
-def _self_eval_ap(ann_path: Path, iou_type: str) -> float:
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_path))
-        dets = [
-            {
-                "image_id": a["image_id"],
-                "category_id": a["category_id"],
-                "bbox": a["bbox"],
-                "segmentation": a["segmentation"],
-                "score": 1.0,
-            }
-            for a in gt.dataset["annotations"]
-        ]
-        ev = COCOeval(gt, gt.loadRes(dets), iou_type)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[0])
 
 
 def test_layout_and_manifest(built: Path) -> None:
@@ -63,7 +39,9 @@ def test_layout_and_manifest(built: Path) -> None:
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_coco_self_evaluation_is_perfect(built: Path, iou_type: str) -> None:
     for split in ("train", "val"):
-        assert _self_eval_ap(built / f"coco/annotations/instances_{split}.json", iou_type) == 1.0
+        assert (
+            coco_self_eval_ap(built / f"coco/annotations/instances_{split}.json", iou_type) == 1.0
+        )
 
 
 def test_boxes_are_tight_boxes_of_visible_masks(built: Path) -> None:
@@ -178,7 +156,7 @@ def test_augmented_variants_are_valid_and_deterministic(tmp_path: Path) -> None:
     assert validate_dataset(tmp_path / "a") == []
     for split in ("train", "val"):
         ann = tmp_path / f"a/coco/annotations/instances_{split}.json"
-        assert _self_eval_ap(ann, "segm") == 1.0
+        assert coco_self_eval_ap(ann, "segm") == 1.0
     records = [
         json.loads(line)
         for line in (tmp_path / "a/shards/rank-00000/records.jsonl").read_text().splitlines()

@@ -13,5 +13,5 @@ def test_auto_uses_the_rank_device_pinned_by_the_build(monkeypatch: pytest.Monke
 
 
 def test_unusable_devices_are_clear_errors() -> None:
-    with pytest.raises(SpecError, match="objects.params.device"):
+    with pytest.raises(SpecError, match=r"objects\.params\.device"):
         resolve_device("tpu", "objects.params.device")

@@ -50,6 +50,8 @@ from synthvision.generators.base import (
     CropRequest,
 )
 from synthvision.labelers import attention as attn_labels
+from synthvision.plan import ImageJob
+from synthvision.structures import Instances, Sample
 
 if TYPE_CHECKING:
     import torch
@@ -748,6 +750,26 @@ def resize_rgb(image: npt.NDArray[np.uint8], size_hw: tuple[int, int]) -> npt.ND
 
     h, w = size_hw
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
+
+
+def scene_samples(
+    generator_name: str,
+    labels: str,
+    jobs: Sequence[ImageJob],
+    metadata: Sequence[dict[str, Any]],
+    results: Sequence[Any],
+) -> list[Sample]:
+    """Samples of a scene generator's engine results: labeled, or rejected with no labels."""
+    samples = []
+    for job, md, res in zip(jobs, metadata, results, strict=True):
+        meta = {"generator": generator_name, "labels": labels, **md, **res.metadata()}
+        if res.payload is None:  # rejected after its retries: the image, never labels
+            image = resize_rgb(res.image, job.size_hw)
+            samples.append(Sample(job.index, image, Instances.empty(job.size_hw), meta))
+        else:
+            image, inst = res.payload
+            samples.append(Sample(job.index, image, inst, meta))
+    return samples
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from synthvision.generators.diffusion import (
     query_weights,
     render,
     resize_rgb,
+    scene_samples,
 )
 from synthvision.labelers import attention as attn_labels
 from synthvision.plan import ImageJob
@@ -143,16 +144,8 @@ class DiffusionAttentionScenes:
         results = self.engine.run(
             [g for g, _ in built], finalize=lambda i, img, maps: self._labels(jobs[i], img, maps)
         )
-        samples = []
-        for job, (_, md), res in zip(jobs, built, results, strict=True):
-            meta = {"generator": self.name, "labels": "cross-attention", **md, **res.metadata()}
-            if res.payload is None:
-                image = resize_rgb(res.image, job.size_hw)
-                samples.append(Sample(job.index, image, Instances.empty(job.size_hw), meta))
-            else:
-                image, inst = res.payload
-                samples.append(Sample(job.index, image, inst, meta))
-        return samples
+        metadata = [md for _, md in built]
+        return scene_samples(self.name, "cross-attention", jobs, metadata, results)
 
 
 @SCENE_GENERATORS.register("diffusion-attention", DiffusionSceneParams)

@@ -31,6 +31,7 @@ from synthvision.generators.diffusion import (
     load_pipeline,
     render,
     resize_rgb,
+    scene_samples,
 )
 from synthvision.generators.diffusion_scenes import (
     DEFAULT_EMPTY_PROMPT,
@@ -214,16 +215,8 @@ class GligenScenes:
             [g for g, _, _ in built],
             finalize=lambda i, img, maps: self._labels(jobs[i], built[i][2], img, maps),
         )
-        samples = []
-        for job, (_, md, _), res in zip(jobs, built, results, strict=True):
-            meta = {"generator": self.name, "labels": "layout", **md, **res.metadata()}
-            if res.payload is None:
-                image = resize_rgb(res.image, job.size_hw)
-                samples.append(Sample(job.index, image, Instances.empty(job.size_hw), meta))
-            else:
-                image, inst = res.payload
-                samples.append(Sample(job.index, image, inst, meta))
-        return samples
+        metadata = [md for _, md, _ in built]
+        return scene_samples(self.name, "layout", jobs, metadata, results)
 
 
 @SCENE_GENERATORS.register("gligen", GligenParams)
