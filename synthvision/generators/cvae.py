@@ -1,0 +1,143 @@
+"""Object source "cvae": RGBA crops sampled from a trained conditional VAE.
+
+Spec usage:
+
+    objects: {name: cvae, params: {checkpoint: builtin, temperature: 1.0}}
+
+`checkpoint` is "builtin" (the small model shipped in `synthvision/checkpoints/cvae-builtin`,
+trained on the procedural objects by `scripts/train_builtin_cvae.py`) or the path of a folder
+written by `synthvision train-cvae`. Spec class names must be classes of the checkpoint.
+
+Each request gets its own CPU `torch.Generator` seeded from `request.seed`, so a crop depends on
+its request alone, not on the batch it was decoded in. Crops come back trimmed to the alpha's
+extent (the model draws objects centred in a padded square).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthvision.devices import resolve_device
+from synthvision.errors import SpecError
+from synthvision.generators.base import OBJECT_SOURCES, CropRequest
+
+if TYPE_CHECKING:
+    import torch
+
+    from synthvision.models.cvae import ConditionalVAE
+
+BUILTIN_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "cvae-builtin"
+
+
+class CVAEObjectParams(BaseModel):
+    """`objects.params` of the cvae object source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checkpoint: Annotated[str, Field(min_length=1)] = "builtin"
+    temperature: Annotated[float, Field(ge=0.0, le=3.0)] = 1.0  # scale of the prior's std
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # 1 = every crop decoded alone: bytes independent of how compose batches requests. Larger
+    # batches are faster (GPU) but float rounding then varies with the batch (rare +-1 levels).
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
+    alpha_threshold: Annotated[int, Field(ge=1, le=255)] = 128  # trim to alpha >= this
+    margin_px: Annotated[int, Field(ge=0, le=16)] = 1  # kept around the trimmed object
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """ "builtin" or a folder with config.json + safetensors -> its path; SpecError otherwise."""
+    path = BUILTIN_CHECKPOINT if checkpoint == "builtin" else Path(checkpoint).expanduser()
+    if not (path / "config.json").is_file():
+        where = "the built-in cVAE checkpoint" if checkpoint == "builtin" else repr(checkpoint)
+        raise SpecError(
+            f"objects.params.checkpoint: {where} is not a cVAE checkpoint folder (no config.json "
+            f"in {path}); give 'builtin' or a folder written by `synthvision train-cvae`"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def load_cvae(path: str, device: str) -> ConditionalVAE:
+    """Load (once per process) a checkpoint folder onto `device`, in eval mode."""
+    from synthvision.models.cvae import ConditionalVAE
+
+    try:
+        model = ConditionalVAE.from_pretrained(path, use_safetensors=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise SpecError(f"objects.params.checkpoint: cannot load {path}: {exc}") from None
+    return model.to(device).eval()
+
+
+def trim_to_alpha(
+    rgba: npt.NDArray[np.uint8], threshold: int = 128, margin: int = 1
+) -> npt.NDArray[np.uint8]:
+    """Crop (h, w, 4) to the box of alpha >= threshold plus `margin`; unchanged if none is."""
+    solid = rgba[..., 3] >= threshold
+    rows, cols = np.flatnonzero(solid.any(axis=1)), np.flatnonzero(solid.any(axis=0))
+    if rows.size == 0:
+        return rgba
+    h, w = solid.shape
+    y0, y1 = max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)
+    x0, x1 = max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)
+    return np.ascontiguousarray(rgba[y0:y1, x0:x1])
+
+
+class CVAEObjectSource:
+    """Samples crops of the spec's classes from a checkpoint (see module docstring)."""
+
+    def __init__(self, params: CVAEObjectParams, class_names: Sequence[str]) -> None:
+        self.params = params
+        self.path = resolve_checkpoint(params.checkpoint)
+        self.device = resolve_device(params.device, "objects.params.device")
+        self.model = load_cvae(str(self.path), self.device)
+        known = tuple(self.model.config["class_names"])
+        unknown = [n for n in class_names if n not in known]
+        if unknown:
+            raise SpecError(
+                f"objects.params.checkpoint: class(es) {', '.join(map(repr, unknown))} unknown "
+                f"to the cVAE checkpoint {params.checkpoint!r}; it knows: {', '.join(known)} "
+                "(rename the spec classes or train a checkpoint on them with train-cvae)"
+            )
+        self.class_ids = {name: known.index(name) for name in class_names}
+
+    def crops(self, requests: Sequence[CropRequest]) -> list[npt.NDArray[np.uint8]]:
+        from synthvision.train_cvae import to_uint8
+
+        out: list[npt.NDArray[np.uint8]] = []
+        bs = self.params.batch_size
+        for start in range(0, len(requests), bs):
+            chunk = requests[start : start + bs]
+            ids = []
+            for r in chunk:
+                if r.class_name not in self.class_ids:
+                    raise SpecError(f"class {r.class_name!r} was not given to the cvae source")
+                ids.append(self.class_ids[r.class_name])
+            # One CPU generator per request: the noise of a crop is fixed by its seed alone.
+            gens = [_generator(r.seed) for r in chunk]
+            rgba: torch.Tensor = self.model.sample(ids, gens, self.params.temperature)
+            for arr in to_uint8(rgba):  # (R, R, 4) each
+                trimmed = trim_to_alpha(arr, self.params.alpha_threshold, self.params.margin_px)
+                out.append(trimmed)
+        return out
+
+
+def _generator(seed: int) -> torch.Generator:
+    import torch
+
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed) & ((1 << 63) - 1))
+    return gen
+
+
+@OBJECT_SOURCES.register("cvae", CVAEObjectParams)
+def make_cvae_source(
+    params: CVAEObjectParams, *, class_names: Sequence[str], **_: object
+) -> CVAEObjectSource:
+    return CVAEObjectSource(params, class_names)

@@ -1,0 +1,196 @@
+"""The conditional VAE: shapes, loss, save/load, seeded sampling, and the `cvae` object source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from synthvision.errors import SpecError  # noqa: E402
+from synthvision.generators import OBJECT_SOURCES, CropRequest  # noqa: E402
+from synthvision.models.cvae import ConditionalVAE, cvae_loss, kl_beta  # noqa: E402
+
+TINY = dict(
+    class_names=["disc", "square", "star"],
+    resolution=16,
+    latent_dim=4,
+    embedding_dim=8,
+    block_out_channels=[8, 16],
+    norm_num_groups=4,
+)
+
+
+def tiny_model(seed: int = 0) -> ConditionalVAE:
+    return ConditionalVAE.initialized(torch.Generator().manual_seed(seed), **TINY)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_forward_backward_shapes() -> None:
+    model = tiny_model()
+    x = torch.rand(5, 4, 16, 16)
+    c = torch.tensor([0, 1, 2, 0, 1])
+    out = model(x, c, generator=torch.Generator().manual_seed(1))
+    assert out.rgb.shape == (5, 3, 16, 16) and out.alpha_logits.shape == (5, 1, 16, 16)
+    assert out.mean.shape == out.logvar.shape == out.latents.shape == (5, 4)
+    assert 0 <= float(out.rgb.detach().min()) and float(out.rgb.detach().max()) <= 1
+    loss = cvae_loss(out, x, beta=0.5, free_bits=0.1)
+    loss.total.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert loss.total.ndim == 0 and float(loss.kl.detach()) >= 0
+    # the encoder and the decoder both receive gradient
+    assert model.enc_in.weight.grad.abs().sum() > 0
+    assert model.dec_out.weight.grad.abs().sum() > 0
+
+
+def test_loss_ignores_colour_where_transparent() -> None:
+    model = tiny_model()
+    x = torch.rand(2, 4, 16, 16)
+    x[:, 3] = 0.0
+    out = model(x, torch.tensor([0, 1]), sample_posterior=False)
+    assert float(cvae_loss(out, x).colour) == 0.0
+    assert (
+        kl_beta(0, 1.0, 100) == 0.0
+        and kl_beta(50, 1.0, 100) == 0.5
+        and kl_beta(500, 1.0, 100) == 1.0
+    )
+
+
+def test_free_bits_floor_the_kl_term() -> None:
+    model = tiny_model()
+    x = torch.rand(3, 4, 16, 16)
+    out = model(x, torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(0))
+    big = cvae_loss(out, x, free_bits=100.0)
+    assert float(big.kl_term) == pytest.approx(100.0 * 4)
+
+
+def test_init_never_touches_the_global_rng() -> None:
+    state = torch.random.get_rng_state()
+    a, b = tiny_model(3), tiny_model(3)
+    assert torch.equal(state, torch.random.get_rng_state())
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_save_load_identical_outputs(tmp_path: Path) -> None:
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "config.json").is_file()
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = ConditionalVAE.from_pretrained(tmp_path / "m", use_safetensors=True).eval()
+    assert loaded.config["class_names"] == TINY["class_names"]
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(4)]  # noqa: E731
+    assert torch.equal(model.sample([0, 1, 2, 0], gens()), loaded.sample([0, 1, 2, 0], gens()))
+    x = torch.rand(2, 4, 16, 16)
+    a = model(x, torch.tensor([1, 2]), sample_posterior=False)
+    b = loaded(x, torch.tensor([1, 2]), sample_posterior=False)
+    assert torch.equal(a.rgb, b.rgb) and torch.equal(a.alpha_logits, b.alpha_logits)
+
+
+def test_same_seed_same_samples_and_batch_independence() -> None:
+    model = tiny_model().eval()
+    ids = [0, 1, 2, 2]
+    s1 = model.sample(ids, [torch.Generator().manual_seed(10 + i) for i in range(4)], 0.8)
+    s2 = model.sample(ids, [torch.Generator().manual_seed(10 + i) for i in range(4)], 0.8)
+    assert s1.shape == (4, 4, 16, 16) and torch.equal(s1, s2)
+    s3 = model.sample(ids, [torch.Generator().manual_seed(99 + i) for i in range(4)], 0.8)
+    assert not torch.equal(s1, s3)
+    # the noise of item k depends on its own generator only
+    single = model.sample([2], [torch.Generator().manual_seed(13)], 0.8)
+    assert torch.allclose(single[0], s1[3], atol=1e-5)
+    with pytest.raises(ValueError, match="class ids"):
+        model.sample([7], [torch.Generator()])
+
+
+def test_class_prior_and_patch_size() -> None:
+    model = tiny_model()
+    ids = torch.tensor([0, 2])
+    mean, logvar = model.prior_params(ids)
+    assert mean.shape == logvar.shape == (2, 4) and not mean.any()  # starts as N(0, I)
+    with torch.no_grad():
+        model.prior.weight[2, :4] = 5.0  # move class 2's prior mean
+    mean, _ = model.prior_params(ids)
+    assert mean[1].eq(5.0).all() and not mean[0].any()
+    flat = ConditionalVAE(**{**TINY, "class_prior": False, "patch_size": 1})
+    assert flat.prior is None and not flat.prior_params(ids)[0].any()
+    x = torch.rand(2, 4, 16, 16)
+    assert flat(x, ids, sample_posterior=False).rgb.shape == (2, 3, 16, 16)
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        ConditionalVAE(**{**TINY, "resolution": 18})
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "ckpt"
+    tiny_model().save_pretrained(path)
+    return path
+
+
+def test_cvae_source_returns_valid_rgba_crops(tiny_checkpoint: Path) -> None:
+    names = ("star", "disc")
+    source = OBJECT_SOURCES.create(
+        "cvae", {"checkpoint": str(tiny_checkpoint), "device": "cpu"}, "objects", class_names=names
+    )
+    requests = [CropRequest(names[i % 2], (24 + i, 30), seed=1000 + i, index=i) for i in range(6)]
+    crops = source.crops(requests)
+    assert len(crops) == 6
+    for crop in crops:
+        assert crop.dtype == np.uint8 and crop.ndim == 3 and crop.shape[2] == 4
+        assert 1 <= crop.shape[0] <= 16 and 1 <= crop.shape[1] <= 16
+    # per-request seeds: same request -> same bytes, whatever the batch or batch size
+    again = source.crops(requests[3:4])
+    assert np.array_equal(again[0], crops[3])
+    batched = OBJECT_SOURCES.create(
+        "cvae", {"checkpoint": str(tiny_checkpoint), "batch_size": 4}, "objects", class_names=names
+    ).crops(requests)
+    for a, b in zip(batched, crops, strict=True):
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_cvae_source_unknown_class_is_a_clear_error(tiny_checkpoint: Path) -> None:
+    with pytest.raises(
+        SpecError, match=r"'zebra' unknown to the cVAE checkpoint.*disc, square, star"
+    ):
+        OBJECT_SOURCES.create(
+            "cvae", {"checkpoint": str(tiny_checkpoint)}, "objects", class_names=("disc", "zebra")
+        )
+
+
+def test_cvae_source_bad_params(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="not a cVAE checkpoint folder"):
+        OBJECT_SOURCES.create("cvae", {"checkpoint": str(tmp_path)}, "objects", class_names=("a",))
+    with pytest.raises(SpecError, match=r"objects\.params\.temperature"):
+        OBJECT_SOURCES.create("cvae", {"temperature": -1}, "objects", class_names=("a",))
+    with pytest.raises(SpecError, match=r"objects\.params\.colour"):
+        OBJECT_SOURCES.create("cvae", {"colour": 1}, "objects", class_names=("a",))
+
+
+def test_builtin_checkpoint_is_shipped_and_small() -> None:
+    from synthvision.generators.cvae import BUILTIN_CHECKPOINT
+
+    if not (BUILTIN_CHECKPOINT / "config.json").is_file():
+        pytest.skip("built-in checkpoint not trained yet (scripts/train_builtin_cvae.py)")
+    size = sum(p.stat().st_size for p in BUILTIN_CHECKPOINT.iterdir() if p.is_file())
+    assert size <= 10 * 1024 * 1024
+    from synthvision.generators.procedural import PROCEDURAL_CLASSES
+
+    source = OBJECT_SOURCES.create(
+        "cvae", {"checkpoint": "builtin"}, "objects", class_names=PROCEDURAL_CLASSES
+    )
+    crops = source.crops(
+        [CropRequest(n, (64, 64), seed=i) for i, n in enumerate(PROCEDURAL_CLASSES)]
+    )
+    assert all(c.dtype == np.uint8 and c.shape[2] == 4 and (c[..., 3] > 127).any() for c in crops)
