@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                         "batch_size": bs,
                         "resolution": r,
                         "channels": args.channels,
-                    "patch_size": args.patch_size,
+                        "patch_size": args.patch_size,
                         "mixed_precision": args.mixed_precision,
                         "crops_per_s": round(timed / (t_all - t_warm), 1),
                         "crops_per_s_wall": round(
