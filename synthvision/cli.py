@@ -75,7 +75,7 @@ def build(
     """Build a dataset from SPEC. Re-running the same command resumes an interrupted build."""
     from synthvision.build import build as run_build
     from synthvision.config import load_spec
-    from synthvision.distributed import RankFailedError, process_context
+    from synthvision.distributed import RankFailedError, process_context, shutdown
 
     spec_obj = load_spec(spec, set_ or [])
     out_dir = out if out is not None else Path("outputs") / spec_obj.name
@@ -98,6 +98,9 @@ def build(
             with contextlib.suppress(Exception):
                 ctx.barrier()
         raise typer.Exit(2 if isinstance(exc, SpecError) else 1) from None
+    finally:
+        if ctx.world_size > 1:
+            shutdown()  # every rank has passed the build's final barrier (or the error barrier)
     if not ctx.is_main:
         return
     if result.already_complete:

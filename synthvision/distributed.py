@@ -238,6 +238,23 @@ def _limit_cpu_threads(local_world_size: int) -> None:
     cv2.setNumThreads(threads)
 
 
+def shutdown() -> None:
+    """Destroy this process's process groups (call once its last collective is done).
+
+    A gloo/NCCL group still alive at interpreter exit can abort the process ("terminate called
+    without an active exception", exit -6) after the work is complete, which the launcher then
+    reports as a failed rank. No-op in a single-process build (torch is not even imported).
+    """
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def process_context() -> ProcessContext:
     """The ProcessContext of this process, from the launcher's environment.
 
