@@ -1,14 +1,15 @@
 """Quality of a cVAE checkpoint on the procedural classes: do samples look like their class?
 
-A small CNN is trained on *real* procedural crops (fresh seed, not the cVAE's training data),
-checked on more real crops, then asked to label crops sampled from the cVAE through the `cvae`
-object source (the same path a build uses: per-request seeds, trimming). The accuracy on samples,
-against the class each was conditioned on, is the figure of merit (target >= 90%).
+Small CNNs ("judges", see JUDGES) are trained on *real* procedural crops (seed 12345, not the
+cVAE's training data), checked on more real crops, then asked to label crops sampled from the
+cVAE through the `cvae` object source (the same path a build uses: per-request seeds, trimming).
+The accuracy on samples, against the class each was conditioned on, is the figure of merit
+(target >= 90%). The exit code is 0 when every judge reaches it.
 
-    python benchmarks/cvae_quality.py                      # the shipped checkpoint
-    python benchmarks/cvae_quality.py --checkpoint DIR --per-class 100 --grid out.png
+    python benchmarks/cvae_quality.py                      # the shipped checkpoint, 3 judges
+    python benchmarks/cvae_quality.py --checkpoint DIR --judges plain --grid out.png
 
-Prints a JSON summary; `--grid` saves a picture of samples per class.
+Prints one JSON line per judge x checkpoint x temperature; `--grid` saves samples per class.
 """
 
 from __future__ import annotations
@@ -192,24 +193,25 @@ def evaluate(
     }
 
 
+# Three judges, all small CNNs on real procedural crops (seed 12345): the figure depends on the
+# judge, so all three are reported. name -> (crops per class, epochs, blur augmentation)
+JUDGES: dict[str, tuple[int, int, bool]] = {
+    "plain": (300, 6, False),  # flips only: the issue's "small classifier on real crops"
+    "blur": (300, 6, True),  # + Gaussian blur, so edge sharpness alone does not decide
+    "large": (600, 10, True),  # twice the data, longer: 100% on real crops, stricter on samples
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", default="builtin", help="'builtin' or folders, comma-separated")
     ap.add_argument("--per-class", type=int, default=100, help="cVAE samples per class")
-    ap.add_argument(
-        "--train-per-class", type=int, default=300, help="real crops for the classifier"
-    )
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--temperature", default="0.8", help="one or more, comma-separated")
+    ap.add_argument("--judges", default=",".join(JUDGES), help=f"some of {', '.join(JUDGES)}")
+    ap.add_argument("--temperature", default="1.0", help="one or more, comma-separated")
     ap.add_argument("--seed", type=int, default=12345, help="differs from the cVAE's data seed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--grid", type=Path, default=None, help="save a PNG of samples per class")
-    ap.add_argument(
-        "--classifier-cache", type=Path, default=None, help="reuse a trained classifier"
-    )
-    ap.add_argument(
-        "--no-blur-aug", action="store_true", help="train the classifier without blur augmentation"
-    )
+    ap.add_argument("--cache", type=Path, default=None, help="folder to keep trained judges in")
     args = ap.parse_args(argv)
 
     import torch
@@ -220,36 +222,41 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     checkpoints = args.checkpoint.split(",")
     names = list(load_cvae(str(resolve_checkpoint(checkpoints[0])), "cpu").config["class_names"])
-    t0 = time.perf_counter()
-    if args.classifier_cache and args.classifier_cache.is_file():
-        net = _classifier(len(names))
-        net.load_state_dict(torch.load(args.classifier_cache))
-        net.eval()
-    else:
-        net = train_classifier(
-            names, args.train_per_class, args.seed, args.epochs, blur_aug=not args.no_blur_aug
-        )
-        if args.classifier_cache:
-            torch.save(net.state_dict(), args.classifier_cache)
-    t_train = time.perf_counter() - t0
     real = crops_from_procedural(names, 50, args.seed + 1)
     real_labels = [names.index(c.class_name) for c in real]
-    real_acc, _ = accuracy(net, [c.rgba for c in real], real_labels)
-    real_blur_acc, _ = accuracy(net, [c.rgba for c in real], real_labels, sigma=1.0)
-    summary = {
-        "classifier_blur_augmentation": not args.no_blur_aug,
-        "classifier_accuracy_on_real_crops": round(real_acc, 4),
-        "classifier_accuracy_on_real_crops_blurred_1px": round(real_blur_acc, 4),
-        "classifier_train_s": round(t_train, 1),
-    }
-    print(json.dumps(summary), flush=True)
-    best = 0.0
-    for ckpt in checkpoints:
-        for temp in (float(t) for t in args.temperature.split(",")):
-            res = evaluate(net, ckpt, names, temp, args.per_class, args.seed, args.grid)
-            best = max(best, float(res["classifier_accuracy_on_cvae_samples"]))  # type: ignore[arg-type]
-            print(json.dumps(res), flush=True)
-    return 0 if best >= 0.9 else 1
+    worst = 1.0
+    for judge in args.judges.split(","):
+        per_class, epochs, blur_aug = JUDGES[judge]
+        cached = args.cache / f"judge-{judge}-{args.seed}.pt" if args.cache else None
+        t0 = time.perf_counter()
+        if cached is not None and cached.is_file():
+            net = _classifier(len(names))
+            net.load_state_dict(torch.load(cached))
+            net.eval()
+        else:
+            net = train_classifier(names, per_class, args.seed, epochs, blur_aug=blur_aug)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(net.state_dict(), cached)
+        t_train = time.perf_counter() - t0
+        real_acc, _ = accuracy(net, [c.rgba for c in real], real_labels)
+        real_blur_acc, _ = accuracy(net, [c.rgba for c in real], real_labels, sigma=1.0)
+        for ckpt in checkpoints:
+            for temp in (float(t) for t in args.temperature.split(",")):
+                res = evaluate(net, ckpt, names, temp, args.per_class, args.seed, args.grid)
+                acc = float(res["classifier_accuracy_on_cvae_samples"])  # type: ignore[arg-type]
+                worst = min(worst, acc)
+                head = {
+                    "judge": judge,
+                    "judge_real_crops_per_class": per_class,
+                    "judge_epochs": epochs,
+                    "judge_blur_augmentation": blur_aug,
+                    "judge_accuracy_on_real_crops": round(real_acc, 4),
+                    "judge_accuracy_on_real_crops_blurred_1px": round(real_blur_acc, 4),
+                    "judge_train_s": round(t_train, 1),
+                }
+                print(json.dumps({**head, **res}), flush=True)
+    return 0 if worst >= 0.9 else 1
 
 
 if __name__ == "__main__":

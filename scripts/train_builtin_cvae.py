@@ -1,12 +1,14 @@
 """Train the cVAE checkpoint shipped in synthvision/checkpoints/cvae-builtin (reproducible).
 
-    python scripts/train_builtin_cvae.py      # the shipped run: ~20 min on 2 idle CPU cores
+    python scripts/train_builtin_cvae.py      # the shipped run: ~16 min on 2 idle CPU cores
     python scripts/train_builtin_cvae.py --work /tmp/cvae-run --epochs 2   # quick look
 
 Data: `--count-per-class` crops of every built-in procedural class, drawn from `--seed`; 10% per
 class held out for the memorization audit. Every random draw (crops, hold-out, init, order,
-noise) derives from the seed, so the same command on the same hardware and library versions gives
-the same weights. The shipped folder gets the weights (config.json + safetensors), the model card
+noise) derives from the seed. With `--threads 1` the same command on the same hardware and library
+versions gives the same weights bit for bit; with more threads, CPU kernels may sum in another
+order, so weights can differ in the last bits and drift apart over training. The shipped folder
+gets the weights (config.json + safetensors), the model card
 (README.md), training.json and the last epoch's sample grid (samples.png).
 """
 
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED_FILES:
         shutil.copy2(args.work / name, args.output / name)
+        os.chmod(args.output / name, 0o644)  # safetensors are written 0600
     last_grid = sorted((args.work / "samples").glob("epoch-*.png"))[-1]
     shutil.copy2(last_grid, args.output / "samples.png")
     info = json.loads((args.output / "training.json").read_text())

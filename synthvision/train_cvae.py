@@ -486,6 +486,15 @@ def _progress(enabled: bool) -> Any:
     )
 
 
+def _describe_source(src: dict[str, Any]) -> str:
+    kind = src.get("kind", "in-memory arrays")
+    if kind == "procedural":
+        n, seed = src.get("count_per_class"), src.get("seed")
+        return f"built-in procedural objects, {n} per class, seed {seed}"
+    classes = ", ".join(src.get("classes") or []) or "all classes"
+    return f"{kind} `{src.get('path', '')}` ({classes}, objects >= {src.get('min_size')} px)"
+
+
 def model_card(info: dict[str, Any]) -> str:
     """README.md written next to the weights: what it was trained on, how long, how well."""
     src = info.get("source", {})
@@ -505,7 +514,7 @@ def model_card(info: dict[str, Any]) -> str:
         "| | |",
         "|---|---|",
         f"| classes | {', '.join(info.get('class_names', []))} |",
-        f"| training data | {src.get('kind', 'arrays')} {src.get('path', '')} |",
+        f"| training data | {_describe_source(src)} |",
         f"| training-data fingerprint (sha256) | `{info.get('fingerprint', '')}` |",
         f"| training crops | {info.get('num_train_crops', '?')} "
         f"(held out for the audit: {info.get('num_heldout_crops', 0)}) |",
