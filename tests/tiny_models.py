@@ -204,6 +204,24 @@ def build_sd_pipeline(out_dir: Path, *, gated: bool = False, seed: int = 0) -> P
     return model_dir
 
 
+def _tiny_clip_towers(max_positions: int) -> dict[str, Any]:
+    """Text + vision tower configs shared by the tiny OWLv2 and CLIP models (32 px images)."""
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2}
+    return {
+        "text_config": {
+            "vocab_size": 1000,
+            **tower,
+            "num_attention_heads": 4,
+            "max_position_embeddings": max_positions,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        "vision_config": {**tower, "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+        "projection_dim": 32,
+    }
+
+
 def build_owlv2(out_dir: Path, seed: int = 0) -> Path:
     """A tiny random OWLv2 detector + processor (32 px images, 16-token queries)."""
     import torch
@@ -217,26 +235,7 @@ def build_owlv2(out_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     cfg = Owlv2Config(
-        text_config={
-            "vocab_size": 1000,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 16,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=32,
+        **_tiny_clip_towers(max_positions=16),
     )
     model = Owlv2ForObjectDetection(cfg).eval()
     tok = CLIPTokenizer.from_pretrained(
@@ -258,26 +257,7 @@ def build_clip(out_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     cfg = CLIPConfig(
-        text_config={
-            "vocab_size": 1000,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 77,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=32,
+        **_tiny_clip_towers(max_positions=77),
     )
     model = CLIPModel(cfg).eval()
     tok = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out_dir / "_tokclip"))
