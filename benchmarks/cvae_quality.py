@@ -164,7 +164,7 @@ def evaluate(
 
     source = OBJECT_SOURCES.create(
         "cvae",
-        {"checkpoint": checkpoint, "temperature": temperature, "batch_size": 64},
+        {"checkpoint": checkpoint, "temperature": temperature, "decode_batch": 64},
         "objects",
         class_names=tuple(names),
     )
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     checkpoints = args.checkpoint.split(",")
-    names = list(load_cvae(str(resolve_checkpoint(checkpoints[0])), "cpu").config["class_names"])
+    names = list(load_cvae(str(resolve_checkpoint(checkpoints[0])), "cpu").class_names)
     real = crops_from_procedural(names, 50, args.seed + 1)
     real_labels = [names.index(c.class_name) for c in real]
     worst = 1.0

@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--spec", default="configs/quickstart.yaml")
+    parser.add_argument("--spec", default="configs/quickstart-procedural.yaml")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--size", type=int, default=512, help="image side in px")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])

@@ -9,7 +9,7 @@ noise) derives from the seed. With `--threads 1` the same command on the same ha
 versions gives the same weights bit for bit; with more threads, CPU kernels may sum in another
 order, so weights can differ in the last bits and drift apart over training. The shipped folder
 gets the weights (config.json + safetensors), the model card
-(README.md), training.json and the last epoch's sample grid (samples.png).
+(README.md), training.json and the final sample grid (samples.png, from the fitted prior).
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in SHIPPED_FILES:
         shutil.copy2(args.work / name, args.output / name)
         os.chmod(args.output / name, 0o644)  # safetensors are written 0600
-    last_grid = sorted((args.work / "samples").glob("epoch-*.png"))[-1]
-    shutil.copy2(last_grid, args.output / "samples.png")
+    # the grid drawn from the fitted latent prior, as the `cvae` object source samples
+    shutil.copy2(args.work / "samples" / "final.png", args.output / "samples.png")
     info = json.loads((args.output / "training.json").read_text())
     info["command"] = "python scripts/train_builtin_cvae.py " + " ".join(argv or sys.argv[1:])
     (args.output / "training.json").write_text(json.dumps(info, indent=1))

@@ -307,7 +307,7 @@ def audit_run(
             gens = [randomness.torch_generator(seed, k, f"audit.{name}") for k in ks]
             gen_crops += list(to_uint8(model.sample([ci] * len(gens), gens, temperature)))
             gen_ids += [ci] * len(gens)
-    res = model.config["resolution"]
+    res = model.hparams["resolution"]
     # Compare at the model's resolution: real crops go through the same square fitting.
     train_sq = [to_square(c.rgba, res) for c in train]
     held_sq = [to_square(c.rgba, res) for c in held]

@@ -208,9 +208,9 @@ def crops_from_coco(
     """Crops of a COCO instances file (read by `formats.coco.load_coco`).
 
     Alpha is the instance mask (RLE or polygons) with `use_masks`, else the filled box; an
-    annotation without segmentation gets its box. Images are looked up under `images_dir`, else
-    `<annotations>/../images`, else next to the JSON. Keys are `coco:<image id>:<k>`, k the
-    annotation's rank by id within its image.
+    annotation without segmentation gets its box. Crowd annotations (`iscrowd: 1`) are skipped.
+    Images are looked up under `images_dir`, else `<annotations>/../images`, else next to the
+    JSON. Keys are `coco:<image id>:<k>`, k the annotation's rank by id within its image.
     """
     from synthvision.formats.coco import load_coco
 
@@ -218,7 +218,8 @@ def crops_from_coco(
     if not ann_path.is_file():
         raise SpecError(f"{ann_path}: COCO annotations file not found")
     try:
-        class_map, images = load_coco(ann_path, with_masks=use_masks)
+        # a crowd region covers a group of objects: not one object's appearance
+        class_map, images = load_coco(ann_path, with_masks=use_masks, include_crowd=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SpecError(f"{ann_path}: cannot read COCO annotations ({exc})") from None
     _check_classes(classes, class_map.names, str(ann_path))

@@ -15,6 +15,7 @@ Output folder (itself loadable with `ConditionalVAE.from_pretrained`):
     training.json                                      data source, fingerprint, held-out keys,
                                                        losses per epoch, throughput
     samples/epoch-XXXX.png                             a sample grid per epoch (rows = classes)
+    samples/final.png                                  the grid from the fitted latent prior
     checkpoints/last/                                  weights + optimizer + trainer_state.json
 """
 
@@ -48,7 +49,7 @@ from synthvision.errors import SpecError
 if TYPE_CHECKING:
     import torch
 
-    from synthvision.models.cvae import ConditionalVAE
+    from synthvision.models.cvae import CVAENetwork
 
 CHECKPOINT_SUBDIR = "checkpoints/last"
 TRAINING_FILE = "training.json"
@@ -231,7 +232,7 @@ def _save_dir_atomic(write: Callable[[Path], None], target: Path) -> None:
 
 
 def sample_grid(
-    model: ConditionalVAE, samples_per_class: int, seed: int, temperature: float = 1.0
+    model: CVAENetwork, samples_per_class: int, seed: int, temperature: float = 1.0
 ) -> list[list[npt.NDArray[np.uint8]]]:
     """rows[class][k] RGBA uint8 (R, R, 4); the noise is fixed by (seed, k, "cvae.grid")."""
     import torch
@@ -239,12 +240,39 @@ def sample_grid(
     rows = []
     was_training = model.training
     model.eval()
-    for ci in range(len(model.config["class_names"])):
+    for ci in range(len(model.class_names)):
         gens = [randomness.torch_generator(seed, k, "cvae.grid") for k in range(samples_per_class)]
         rgba = model.sample(torch.full((samples_per_class,), ci), gens, temperature)
         rows.append(list(to_uint8(rgba)))
     model.train(was_training)
     return rows
+
+
+def encode_means(
+    model: CVAENetwork,
+    data: npt.NDArray[np.uint8],
+    class_ids: npt.NDArray[np.int64],
+    *,
+    hflip: bool = True,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means (M, D) of squares `data` (N, R, R, 4) and their class ids (M,); with
+    `hflip` the mirrored crops too (M = 2N), as training saw both."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    means, ids = [], []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            x = torch.from_numpy(data[start : start + batch_size]).to(model.device)
+            x = x.permute(0, 3, 1, 2).contiguous().float() / 255.0  # (b, 4, R, R)
+            c = torch.from_numpy(class_ids[start : start + batch_size]).to(model.device)
+            for view in (x, x.flip(-1)) if hflip else (x,):
+                means.append(model.encode(view.to(model.dtype), c).mean.float().cpu())
+                ids.append(c.cpu())
+    model.train(was_training)
+    return torch.cat(means), torch.cat(ids)
 
 
 def to_uint8(rgba: torch.Tensor) -> npt.NDArray[np.uint8]:
@@ -302,11 +330,21 @@ def fit(
                 f"{out}: its checkpoint has another model configuration; use another --output "
                 "or --no-resume to start over"
             )
-        model = ConditionalVAE.from_pretrained(ckpt, use_safetensors=True)
+    init_gen = randomness.torch_generator(config.seed, randomness.GLOBAL_INDEX, "cvae.init")
+    model = ConditionalVAE.initialized(init_gen, **model_kwargs)
+    if resume and (ckpt / "trainer_state.json").is_file():
+        from safetensors.torch import load_file
+
+        # weights only (from_pretrained would record this folder's path in the final config)
+        weights = load_file(ckpt / "diffusion_pytorch_model.safetensors")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        # the fitted prior is set after training: checkpoints may predate those buffers
+        if unexpected or any(not k.startswith("fitted_") for k in missing):
+            raise SpecError(
+                f"{ckpt}: its weights do not match the model configuration; use another "
+                "--output or --no-resume to start over"
+            )
         say(f"resuming from epoch {state['epoch']} of {config.epochs}")
-    else:
-        init_gen = randomness.torch_generator(config.seed, randomness.GLOBAL_INDEX, "cvae.init")
-        model = ConditionalVAE.initialized(init_gen, **model_kwargs)
     resumed_from = int(state["epoch"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     if resumed_from and (ckpt / "optimizer.pt").is_file():
@@ -418,6 +456,14 @@ def fit(
     throughput = crops_seen / train_seconds if train_seconds > 0 else 0.0
     if accelerator.is_main_process:
         net = accelerator.unwrap_model(model)
+        # Sample from the aggregate posterior, not the prior (models/cvae.py, Ghosh et al. 2020).
+        latents, latent_ids = encode_means(net, data, class_ids, hflip=config.hflip)
+        net.fit_latent_prior(latents, latent_ids)
+        meta["latent_prior_fit_latents"] = len(latents)
+        rows = sample_grid(net, config.samples_per_class, config.seed)
+        grid_image(rows, cell=min(config.resolution, 64), labels=list(class_names)).save(
+            out / "samples" / "final.png"
+        )
         net.save_pretrained(out, safe_serialization=True)
         info = {
             **meta,
@@ -543,6 +589,11 @@ def model_card(info: dict[str, Any]) -> str:
             fb=cfg.get("free_bits"),
             ws=cfg.get("warmup_steps"),
         ),
+        "",
+        "Sampling: z ~ a full-covariance Gaussian per class fitted after training to the "
+        f"posterior means of the {info.get('latent_prior_fit_latents', '?')} training crops "
+        "(mirrored included when flips were on), shrunk towards the pooled diagonal for small "
+        "classes (ex-post density estimation, Ghosh et al. 2020); temperature scales its std.",
         "",
         "Intended use: synthetic training data by compositing. Trained on few crops, samples can",
         "resemble training objects: run `synthvision audit` on the folder before sharing data.",

@@ -112,6 +112,56 @@ def test_same_seed_same_samples_and_batch_independence() -> None:
         model.sample([7], [torch.Generator()])
 
 
+def test_fitted_latent_prior_matches_the_latents_and_survives_save_load(tmp_path: Path) -> None:
+    model = tiny_model().eval()
+    assert not model.has_fitted_prior
+    gen = torch.Generator().manual_seed(0)
+    true_mean = torch.tensor([[2.0, -1.0, 0.0, 0.5], [0.0, 0.0, 3.0, 0.0], [-2.0, 1.0, 1.0, 1.0]])
+    mix = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.8, 0.6, 0.0, 0.0], [0, 0, 0.5, 0], [0, 0, 0, 2.0]])
+    ids = torch.arange(3).repeat_interleave(4000)
+    latents = true_mean[ids] + torch.randn(len(ids), 4, generator=gen) @ mix.T  # cov = mix mix^T
+    model.fit_latent_prior(latents, ids)
+    assert model.has_fitted_prior and model.fitted_count.tolist() == [4000.0] * 3
+    # sampling follows the fitted Gaussian (shrinkage 4 / 4004 is negligible here)
+    eps = torch.randn(20000, 4, generator=gen)
+    with torch.no_grad():
+        z = model.latents_from_noise(eps, torch.full((20000,), 1))
+    fitted_cov = model.fitted_scale_tril[1] @ model.fitted_scale_tril[1].T
+    assert torch.allclose(model.fitted_mean[1], true_mean[1], atol=0.12)  # 4 sd of the fit
+    assert torch.allclose(fitted_cov, mix @ mix.T, atol=0.3)
+    assert torch.allclose(z.mean(0), model.fitted_mean[1], atol=0.06)
+    assert torch.allclose(torch.cov(z.T), fitted_cov, atol=0.15)
+    # temperature scales the spread around the class mean
+    with torch.no_grad():
+        z_half = model.latents_from_noise(eps, torch.full((20000,), 1), temperature=0.5)
+    centre = model.fitted_mean[1]
+    assert torch.allclose(z_half - centre, 0.5 * (z - centre), atol=1e-5)
+    # a row's latent does not depend on the other rows of the batch (bit for bit)
+    mixed = model.latents_from_noise(eps[:5], torch.tensor([0, 2, 1, 1, 0]))
+    alone = model.latents_from_noise(eps[2:3], torch.tensor([1]))
+    assert torch.equal(mixed[2], alone[0])
+    model.save_pretrained(tmp_path / "m")
+    loaded = ConditionalVAE.from_pretrained(tmp_path / "m", use_safetensors=True).eval()
+    assert loaded.has_fitted_prior
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    assert torch.equal(model.sample([0, 1, 2], gens()), loaded.sample([0, 1, 2], gens()))
+
+
+def test_fitted_prior_of_a_class_with_few_crops_is_shrunk_and_finite() -> None:
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.tensor([0] * 500 + [1] * 500 + [2] * 2)  # class 2: 2 crops in 4 dims
+    latents = torch.randn(len(ids), 4, generator=gen) * torch.tensor([1.0, 2.0, 0.5, 1.0])
+    model.fit_latent_prior(latents, ids)
+    tril = model.fitted_scale_tril[2]
+    cov = tril @ tril.T
+    assert torch.isfinite(cov).all() and torch.linalg.eigvalsh(cov).min() > 0.01
+    # weight 4 / (2 + 4) on the pooled variances: the diagonal stays near (1, 4, 0.25, 1)
+    assert cov.diagonal()[1] > 1.5 and cov.diagonal()[2] < 1.0
+    with pytest.raises(ValueError, match="no latents for class"):
+        model.fit_latent_prior(latents[:1000], ids[:1000])
+
+
 def test_class_prior_and_patch_size() -> None:
     model = tiny_model()
     ids = torch.tensor([0, 2])
@@ -150,14 +200,44 @@ def test_cvae_source_returns_valid_rgba_crops(tiny_checkpoint: Path) -> None:
     for crop in crops:
         assert crop.dtype == np.uint8 and crop.ndim == 3 and crop.shape[2] == 4
         assert 1 <= crop.shape[0] <= 16 and 1 <= crop.shape[1] <= 16
-    # per-request seeds: same request -> same bytes, whatever the batch or batch size
+    # per-request seeds and fixed-shape decode batches: a crop's bytes do not depend on which
+    # other requests share its call or its batch, nor on its position in the batch
     again = source.crops(requests[3:4])
     assert np.array_equal(again[0], crops[3])
-    batched = OBJECT_SOURCES.create(
-        "cvae", {"checkpoint": str(tiny_checkpoint), "batch_size": 4}, "objects", class_names=names
-    ).crops(requests)
-    for a, b in zip(batched, crops, strict=True):
-        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    shuffled = [requests[k] for k in (5, 3, 0, 4, 1, 2)]
+    for req, crop in zip(shuffled, source.crops(shuffled), strict=True):
+        assert np.array_equal(crop, crops[requests.index(req)])
+    params = {"checkpoint": str(tiny_checkpoint), "decode_batch": 4}
+    small = OBJECT_SOURCES.create("cvae", params, "objects", class_names=names)
+    assert [c.shape for c in small.crops(requests)] == [c.shape for c in crops]
+
+
+def test_load_network_matches_from_pretrained_without_importing_diffusers(
+    tiny_checkpoint: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from synthvision.models.cvae import CVAENetwork, load_network
+
+    net = load_network(tiny_checkpoint)
+    assert type(net) is CVAENetwork and not net.training
+    full = ConditionalVAE.from_pretrained(tiny_checkpoint, use_safetensors=True).eval()
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    assert torch.equal(net.sample([0, 1, 2], gens()), full.sample([0, 1, 2], gens()))
+    # a build's cvae source starts without diffusers (its import alone takes seconds)
+    code = (
+        "import sys; from synthvision.generators import OBJECT_SOURCES; "
+        f"OBJECT_SOURCES.create('cvae', {{'checkpoint': {str(tiny_checkpoint)!r}}}, 'objects', "
+        "class_names=('disc',)); assert 'diffusers' not in sys.modules, 'diffusers imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # weights that do not fit the config are one clear error
+    other = tiny_checkpoint.parent / "other"
+    ConditionalVAE(**{**TINY, "latent_dim": 8}).save_pretrained(other)
+    (other / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    with pytest.raises(SpecError, match="cannot load"):
+        OBJECT_SOURCES.create("cvae", {"checkpoint": str(other)}, "objects", class_names=("disc",))
 
 
 def test_cvae_source_unknown_class_is_a_clear_error(tiny_checkpoint: Path) -> None:

@@ -21,6 +21,7 @@ from synthvision.crops import (  # noqa: E402
     to_square,
 )
 from synthvision.errors import SpecError  # noqa: E402
+from synthvision.models.cvae import ConditionalVAE  # noqa: E402
 from synthvision.train_cvae import TrainConfig, fit, train_cvae  # noqa: E402
 
 TINY = dict(
@@ -147,6 +148,12 @@ def test_crops_from_coco_masks_and_filters(coco_dir: Path) -> None:
         crops_from_coco(ann, classes=["zebra"])
     src = resolve_source(str(coco_dir))
     assert src.kind == "coco" and src.path.endswith("instances_train.json")
+    # a crowd annotation (one region over a group of objects) is not an object to learn from
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["iscrowd"] = 1
+    crowd = coco_dir / "annotations" / "instances_crowd.json"
+    crowd.write_text(json.dumps(data))
+    assert len(crops_from_coco(crowd)) == 11
 
 
 def test_crops_from_yolo(yolo_dir: Path) -> None:
@@ -187,6 +194,7 @@ def test_train_from_coco_end_to_end_and_resume(coco_dir: Path, tmp_path: Path) -
         "epoch-0001.png",
         "epoch-0002.png",
         "epoch-0003.png",
+        "final.png",
     ]
     info = json.loads((out / "training.json").read_text())
     assert info["class_names"] == ["box", "disc"] and info["epochs"] == 3
@@ -210,6 +218,8 @@ def test_train_from_coco_end_to_end_and_resume(coco_dir: Path, tmp_path: Path) -
     assert resumed.resumed_from_epoch == 2
     a, b = _weights(out), _weights(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert "_name_or_path" not in config  # no local path leaks into a shared model folder
 
     # other data in the same folder is refused
     other = resolve_source(str(coco_dir), min_size=8, classes=["disc"])
@@ -226,6 +236,10 @@ def test_fit_on_arrays_and_sample_grid(tmp_path: Path) -> None:
     assert res.crops_per_second > 0 and res.history[0]["loss"] > 0
     with Image.open(tmp_path / "arr" / "samples" / "epoch-0001.png") as im:
         assert im.size[1] >= 3 * 16
+    # after training, sampling uses a Gaussian fitted to the training latents
+    model = ConditionalVAE.from_pretrained(tmp_path / "arr", use_safetensors=True)
+    assert model.has_fitted_prior and model.fitted_count.tolist() == [8.0, 8.0, 8.0]  # + flips
+    assert (tmp_path / "arr" / "samples" / "final.png").is_file()
 
 
 def test_bad_training_inputs_are_spec_errors(tmp_path: Path, coco_dir: Path) -> None:

@@ -233,13 +233,14 @@ def annotation_record(ann: dict[str, Any], class_of_category: dict[int, int]) ->
 
 
 def load_coco(
-    annotations_path: str | os.PathLike[str], with_masks: bool = True
+    annotations_path: str | os.PathLike[str], with_masks: bool = True, include_crowd: bool = True
 ) -> tuple[ClassMap, Iterator[CocoImage]]:
     """Read a COCO instances file -> (ClassMap, iterator of CocoImage in file order).
 
     Categories are ordered by id and renumbered 0..n-1 (as supervision does), so for files we
     wrote class id = category id - 1. Masks are decoded lazily, one image at a time; an
-    annotation without segmentation gets its filled box as mask when `with_masks`.
+    annotation without segmentation gets its filled box as mask when `with_masks`. Without
+    `include_crowd`, `iscrowd: 1` annotations (one region over a group of objects) are skipped.
     """
     with open(annotations_path, encoding="utf-8") as f:
         data = json.load(f)
@@ -248,7 +249,8 @@ def load_coco(
     class_of_category = {int(c["id"]): i for i, c in enumerate(categories)}
     by_image: dict[int, list[dict[str, Any]]] = {}
     for ann in data.get("annotations", []):
-        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+        if include_crowd or not ann.get("iscrowd", 0):
+            by_image.setdefault(int(ann["image_id"]), []).append(ann)
     images = data.get("images", [])
 
     def _iter() -> Iterator[CocoImage]:

@@ -12,31 +12,40 @@ References:
 - Bowman et al. 2016, "Generating Sentences from a Continuous Space" (KL warm-up) and Kingma et
   al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow" (free bits): both
   keep the latent in use instead of collapsing to the prior.
+- Ghosh et al. 2020, "From Variational to Deterministic Autoencoders" (ex-post density
+  estimation): after training, a full-covariance Gaussian per class is fitted to the encoded
+  training crops and sampled instead of the prior. The prior leaves "holes" where no training
+  crop's posterior lies; decoding those gives malformed shapes. `fit_latent_prior`.
 
-The network (`ConditionalVAE`), the loss (`cvae_loss`) and the trainer (`synthvision.train_cvae`)
-are separate, like nanoGPT's model/train split. Shapes: B batch, R resolution, D latent_dim,
+The network (`CVAENetwork`, plain torch), the loss (`cvae_loss`) and the trainer
+(`synthvision.train_cvae`) are separate, like nanoGPT's model/train split. `ConditionalVAE` is the
+network with diffusers' `ModelMixin` + `ConfigMixin` (`save_pretrained` / `from_pretrained`:
+config.json + safetensors). It is defined on first use, because importing diffusers takes ~3 s;
+`load_network` reads the same folder into a `CVAENetwork` without diffusers, for fast start-up of
+builds. Shapes: B batch, R resolution, D latent_dim,
 E embedding_dim, p patch_size. Images are float in [0, 1], channels first, RGBA (alpha 1 =
 object).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' file name
 
 
 @dataclass
-class CVAEEncoderOutput(BaseOutput):
+class CVAEEncoderOutput:
     """Posterior q(z | x, c): `mean`, `logvar` (B, D)."""
 
     mean: torch.Tensor
@@ -44,7 +53,7 @@ class CVAEEncoderOutput(BaseOutput):
 
 
 @dataclass
-class CVAEDecoderOutput(BaseOutput):
+class CVAEDecoderOutput:
     """`rgb` (B, 3, R, R) in [0, 1] and `alpha_logits` (B, 1, R, R)."""
 
     rgb: torch.Tensor
@@ -57,7 +66,7 @@ class CVAEDecoderOutput(BaseOutput):
 
 
 @dataclass
-class CVAEOutput(BaseOutput):
+class CVAEOutput:
     """A forward pass: reconstruction plus the posterior and the latents it drew."""
 
     rgb: torch.Tensor  # (B, 3, R, R)
@@ -93,7 +102,7 @@ class _ResBlock(nn.Module):
         return F.silu(x + h)
 
 
-class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
+class CVAENetwork(nn.Module):
     """Class-conditional conv VAE over RGBA crops.
 
     Encoder: RGBA -> p x p space-to-depth -> conv (+ class embedding as a bias) -> n =
@@ -102,7 +111,10 @@ class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
     -> conv to 4p^2 channels -> depth-to-space -> RGB (sigmoid) + alpha logits.
     """
 
-    @register_to_config
+    fitted_mean: torch.Tensor  # (C, D) buffers of the fitted prior, see fit_latent_prior
+    fitted_scale_tril: torch.Tensor  # (C, D, D)
+    fitted_count: torch.Tensor  # (C,)
+
     def __init__(
         self,
         class_names: Sequence[str] = ("object",),
@@ -115,6 +127,17 @@ class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
         patch_size: int = 2,
     ) -> None:
         super().__init__()
+        # the settings, as config.json holds them (ConditionalVAE's `config` has the same keys)
+        self.hparams: dict[str, Any] = {
+            "class_names": list(class_names),
+            "resolution": resolution,
+            "latent_dim": latent_dim,
+            "embedding_dim": embedding_dim,
+            "class_prior": class_prior,
+            "block_out_channels": list(block_out_channels),
+            "norm_num_groups": norm_num_groups,
+            "patch_size": patch_size,
+        }
         n = len(block_out_channels)
         if not class_names:
             raise ValueError("class_names must hold at least one class")
@@ -141,6 +164,12 @@ class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
         # shapes; a per-class prior keeps each class's region of latent space apart.
         # Zero-initialised: training starts from N(0, I).
         self.prior = nn.Embedding(len(class_names), 2 * latent_dim) if class_prior else None
+        # Ex-post fitted p(z|c) = N(fitted_mean_c, L_c L_c^T) (`fit_latent_prior`); saved with the
+        # weights. fitted_count_c = crops the fit of class c used; 0 = not fitted (prior is used).
+        k = len(class_names)
+        self.register_buffer("fitted_mean", torch.zeros(k, latent_dim))
+        self.register_buffer("fitted_scale_tril", torch.zeros(k, latent_dim, latent_dim))
+        self.register_buffer("fitted_count", torch.zeros(k))
 
         # encoder q(z | x, c)
         self.enc_in = nn.Conv2d(4 * p * p, chans[0], 3, padding=1)
@@ -179,10 +208,18 @@ class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return tuple(self.config["class_names"])
+        return tuple(self.hparams["class_names"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.class_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.class_embedding.weight.dtype
 
     @classmethod
-    def initialized(cls, generator: torch.Generator, **config: Any) -> ConditionalVAE:
+    def initialized(cls, generator: torch.Generator, **config: Any) -> Any:
         """A model whose initial weights come from `generator` alone (torch's global RNG is
         neither read nor seeded): built on the meta device, then `init_weights`."""
         with torch.device("meta"):
@@ -194,7 +231,8 @@ class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
         """PyTorch's default initialisation (kaiming-uniform, a=sqrt(5)) drawn from `generator`;
-        FiLM layers start at zero (identity), embeddings N(0, 1), norms at (1, 0)."""
+        FiLM layers start at zero (identity), embeddings N(0, 1), norms at (1, 0), no fitted
+        prior."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 if isinstance(module, nn.Linear) and _is_film(self, module):
@@ -213,10 +251,12 @@ class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
             elif isinstance(module, nn.GroupNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        for buf in (self.fitted_mean, self.fitted_scale_tril, self.fitted_count):
+            buf.zero_()  # not fitted yet (to_empty left them uninitialised)
 
     def prior_params(self, class_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance (B, D) of the prior p(z | c); N(0, I) without a class prior."""
-        shape = (len(class_ids), self.config["latent_dim"])
+        shape = (len(class_ids), self.hparams["latent_dim"])
         if self.prior is None:
             zeros = torch.zeros(shape, device=class_ids.device, dtype=self.dtype)
             return zeros, zeros
@@ -258,7 +298,7 @@ class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
         """
         post = self.encode(rgba, class_ids)
         if sample_posterior:
-            eps = randn_tensor(
+            eps = randn(
                 tuple(post.mean.shape),
                 generator=generator,
                 device=post.mean.device,
@@ -279,6 +319,44 @@ class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
             prior_logvar=prior_logvar,
         )
 
+    @property
+    def has_fitted_prior(self) -> bool:
+        """True when `fit_latent_prior` has been run for every class."""
+        return bool((self.fitted_count > 0).all())
+
+    @torch.no_grad()
+    def fit_latent_prior(
+        self, latents: torch.Tensor, class_ids: torch.Tensor, jitter: float = 1e-4
+    ) -> None:
+        """Fit p(z|c) = N(mean_c, cov_c) to posterior means `latents` (N, D) of training crops.
+
+        cov_c is shrunk towards the pooled within-class variances (diagonal) with weight
+        D / (n_c + D), so a class with few crops (n_c << D) still gets a well-conditioned,
+        mostly diagonal Gaussian; `jitter` keeps the Cholesky factor finite.
+        """
+        latents = latents.detach().to(torch.float64)  # (N, D)
+        class_ids = class_ids.detach().view(-1).to(latents.device)
+        num_classes, dim = self.fitted_mean.shape
+        if latents.ndim != 2 or latents.shape != (len(class_ids), dim):
+            raise ValueError(f"latents must be (N, {dim}) with N = len(class_ids)")
+        present = torch.bincount(class_ids, minlength=num_classes)
+        if int(present.min()) == 0:
+            missing = [self.class_names[i] for i in range(num_classes) if present[i] == 0]
+            raise ValueError(f"no latents for class(es) {', '.join(missing)}")
+        means = torch.stack([latents[class_ids == c].mean(0) for c in range(num_classes)])
+        centred = latents - means[class_ids]  # (N, D)
+        pooled_var = (centred**2).sum(0) / max(1, len(latents) - num_classes)  # (D,)
+        eye = torch.eye(dim, dtype=torch.float64, device=latents.device)
+        for c in range(num_classes):
+            xc = centred[class_ids == c]  # (n_c, D)
+            n = len(xc)
+            cov = xc.T @ xc / max(1, n - 1)  # (D, D)
+            shrink = dim / (n + dim)
+            cov = (1 - shrink) * cov + shrink * torch.diag(pooled_var) + jitter * eye
+            self.fitted_scale_tril[c] = torch.linalg.cholesky(cov).to(self.fitted_scale_tril)
+            self.fitted_mean[c] = means[c].to(self.fitted_mean)
+            self.fitted_count[c] = float(n)
+
     @torch.no_grad()
     def sample(
         self,
@@ -288,23 +366,136 @@ class ConditionalVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]
     ) -> torch.Tensor:
         """Draw z ~ p(z | c) with its std scaled by `temperature`, decode -> RGBA (B, 4, R, R).
 
-        With a list of generators (one per item) each sample depends only on its own generator,
-        not on the batch it was drawn in (as in diffusers pipelines).
+        p(z | c) is the fitted Gaussian where `fit_latent_prior` was run, else the prior. With a
+        list of generators (one per item) each sample depends only on its own generator, not on
+        the batch it was drawn in (as in diffusers pipelines).
         """
         ids = torch.as_tensor(class_ids, dtype=torch.long, device=self.device).view(-1)  # (B,)
         if isinstance(generator, list) and len(generator) != len(ids):
             raise ValueError(f"got {len(generator)} generators for {len(ids)} class ids")
-        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(self.config["class_names"])):
-            raise ValueError(f"class ids must be in [0, {len(self.config['class_names'])})")
-        z = randn_tensor(
-            (len(ids), self.config["latent_dim"]),
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(self.class_names)):
+            raise ValueError(f"class ids must be in [0, {len(self.class_names)})")
+        eps = randn(
+            (len(ids), self.hparams["latent_dim"]),
             generator=generator,
             device=self.device,
             dtype=self.dtype,
         )  # (B, D)
-        mean, logvar = self.prior_params(ids)
-        z = mean + torch.exp(0.5 * logvar) * z * temperature  # z ~ p(z|c), std scaled by T
-        return self.decode(z, ids).rgba
+        return self.decode(self.latents_from_noise(eps, ids, temperature), ids).rgba
+
+    def latents_from_noise(
+        self, eps: torch.Tensor, class_ids: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Standard normal noise (B, D) -> z (B, D) ~ p(z | c) with std scaled by temperature.
+
+        Row by row elementwise ops and a per-row sum (no batched matmul), so a row's bits do not
+        depend on the other rows of the batch.
+        """
+        mean, logvar = self.prior_params(class_ids)
+        z = mean + torch.exp(0.5 * logvar) * eps * temperature  # the (learned) prior
+        fitted = self.fitted_count[class_ids] > 0  # (B,)
+        if bool(fitted.any()):
+            tril = self.fitted_scale_tril[class_ids]  # (B, D, D)
+            spread = (tril * (eps * temperature)[:, None, :]).sum(-1)  # L_c @ eps per row
+            z = torch.where(fitted[:, None], self.fitted_mean[class_ids] + spread, z)
+        return z
+
+
+def randn(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Standard normal noise of `shape`, drawn on each generator's device and moved to `device`.
+
+    With a list, row k comes from generator k alone (as diffusers' `randn_tensor`), so a row does
+    not depend on the batch it is drawn in.
+    """
+    if isinstance(generator, list):
+        rows = [
+            torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype)
+            for g in generator
+        ]
+        return torch.cat(rows).to(device)
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
+def load_network(path: str | Path, device: str | torch.device = "cpu") -> CVAENetwork:
+    """A folder written by `ConditionalVAE.save_pretrained` (config.json + safetensors) ->
+    `CVAENetwork` in eval mode, without importing diffusers. Weights only: no code is run."""
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if config.get("_class_name") != "ConditionalVAE":
+        raise ValueError(f"{folder}: config.json is not a ConditionalVAE's")
+    accepted = inspect.signature(CVAENetwork.__init__).parameters
+    # built on the CPU (a first use of the meta device costs ~2 s), with the default init's
+    # draws from a forked RNG so the caller's global RNG state is left as it was
+    with torch.random.fork_rng(devices=[]):
+        net = CVAENetwork(**{k: v for k, v in config.items() if k in accepted})
+    net.load_state_dict(load_file(folder / WEIGHTS_NAME), strict=True)
+    return net.to(device).eval()
+
+
+_DIFFUSERS_CLASS: type | None = None
+
+
+def _conditional_vae_class() -> type:
+    """`ConditionalVAE`: CVAENetwork + diffusers' ModelMixin/ConfigMixin (defined once)."""
+    global _DIFFUSERS_CLASS
+    if _DIFFUSERS_CLASS is not None:
+        return _DIFFUSERS_CLASS
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.modeling_utils import ModelMixin
+
+    class ConditionalVAE(CVAENetwork, ModelMixin, ConfigMixin):  # type: ignore[misc]
+        """The network with `save_pretrained` / `from_pretrained` (config.json + safetensors)."""
+
+        @register_to_config
+        def __init__(
+            self,
+            class_names: Sequence[str] = ("object",),
+            resolution: int = 64,
+            latent_dim: int = 32,
+            embedding_dim: int = 32,
+            class_prior: bool = True,
+            block_out_channels: Sequence[int] = (16, 32, 64, 128),
+            norm_num_groups: int = 8,
+            patch_size: int = 2,
+        ) -> None:
+            super().__init__(
+                class_names=class_names,
+                resolution=resolution,
+                latent_dim=latent_dim,
+                embedding_dim=embedding_dim,
+                class_prior=class_prior,
+                block_out_channels=block_out_channels,
+                norm_num_groups=norm_num_groups,
+                patch_size=patch_size,
+            )
+
+    ConditionalVAE.__module__ = __name__
+    ConditionalVAE.__qualname__ = "ConditionalVAE"
+    _DIFFUSERS_CLASS = ConditionalVAE
+    return ConditionalVAE
+
+
+if TYPE_CHECKING:
+    from diffusers.configuration_utils import ConfigMixin
+    from diffusers.models.modeling_utils import ModelMixin
+
+    class ConditionalVAE(CVAENetwork, ModelMixin, ConfigMixin):  # type: ignore[misc]
+        """Type-checking view of the class `_conditional_vae_class` defines."""
+
+else:
+
+    def __getattr__(name: str) -> Any:  # PEP 562: `ConditionalVAE` is built on first access
+        if name == "ConditionalVAE":
+            return _conditional_vae_class()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _is_film(model: nn.Module, layer: nn.Module) -> bool:
