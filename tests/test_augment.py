@@ -441,6 +441,21 @@ def test_augment_command_coco_gives_a_valid_dataset(coco_source: Path, tmp_path:
     assert boxes0 == [[4.0, 5.0, 26.0, 20.0], [40.0, 30.0, 35.0, 30.0], [50.0, 10.0, 10.0, 10.0]]
 
 
+def test_a_coco_file_without_split_suffix_is_the_train_split(tmp_path: Path) -> None:
+    from synthvision.commands.augment import augment_dataset
+    from synthvision.formats.coco import save_coco
+    from synthvision.structures import ClassMap
+
+    src = tmp_path / "src"
+    named = [(f"img_{i}.png", _sample(index=i)) for i in range(2)]
+    save_coco(src / "annotations" / "instances.json", named, ClassMap(("car", "person", "sign")),
+              images_dir=src / "images")  # fmt: skip
+    ann = src / "annotations" / "instances.json"
+    manifest = augment_dataset(ann, tmp_path / "aug", preset="light", seed=1)
+    assert manifest["counts"]["images"]["train"] == manifest["counts"]["images"]["total"]
+    assert (tmp_path / "aug" / "coco" / "annotations" / "instances_train.json").is_file()
+
+
 def test_augment_command_is_reproducible_and_guards_out(coco_source: Path, tmp_path: Path) -> None:
     from synthvision.commands.augment import augment_dataset
     from synthvision.errors import OutputDirError

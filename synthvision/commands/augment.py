@@ -70,6 +70,8 @@ def _split_name(ann_path: Path) -> str:
     if ann_path.name == "_annotations.coco.json":  # Roboflow: {split}/_annotations.coco.json
         return ann_path.parent.name
     stem = ann_path.stem
+    if stem in ("instances", "annotations"):  # one file without a split suffix: all training
+        return "train"
     name = stem[len("instances_") :] if stem.startswith("instances_") else stem
     ok = name and name.replace("_", "").replace("-", "").isalnum()
     return name if ok else "train"
