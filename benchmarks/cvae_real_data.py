@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--prior", default="auto", help="auto | fitted | learned (sampling p(z|c))")
     args = ap.parse_args(argv)
 
     import torch
@@ -70,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     _, report = audit_run(
-        args.work, samples_per_class=50, temperature=args.temperature, seed=args.seed
+        args.work,
+        samples_per_class=50,
+        temperature=args.temperature,
+        prior=args.prior,
+        seed=args.seed,
     )
     print(json.dumps(report, indent=1))
 
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 [c.rgba for c in crops if c.class_name == name and c.key not in held][:8]
             )
             gens = [randomness.torch_generator(args.seed, k, "bench.real.grid") for k in range(8)]
-            fake = model.sample([ci] * 8, gens, args.temperature)
+            fake = model.sample([ci] * 8, gens, args.temperature, args.prior)
             fake_rows.append(list(to_uint8(fake)))
         grid_image(real_rows, cell=48, labels=classes).save(args.images / "cvae_coco_real.png")
         grid_image(fake_rows, cell=48, labels=classes).save(args.images / "cvae_coco_samples.png")

@@ -256,6 +256,7 @@ def audit_run(
     *,
     samples_per_class: int = 50,
     temperature: float = 1.0,
+    prior: str = "auto",
     features: str = "pixels",
     feature_size: int = 224,
     percentile: float = 5.0,
@@ -268,7 +269,8 @@ def audit_run(
 ) -> tuple[AuditResult, dict[str, Any]]:
     """Audit a `train-cvae` output folder: re-cut its training data (from training.json), split
     it as the run did, sample `samples_per_class` crops per class, and compare. Writes
-    audit.json and nearest_pairs.png to `output_dir` (default `<run_dir>/audit`).
+    audit.json and nearest_pairs.png to `output_dir` (default `<run_dir>/audit`). `prior` picks
+    the p(z|c) samples come from, as the `cvae` object source's `prior` param does.
 
     `heldout_source` (a DataSource dict) takes fresh held-out crops from elsewhere; the
     procedural builder uses it since fresh procedural crops are unlimited.
@@ -299,13 +301,18 @@ def audit_run(
         ]
 
     model = load_cvae(str(run), resolve_device(device))
+    if prior not in ("auto", "fitted", "learned"):
+        raise SpecError(f"--prior must be auto, fitted or learned, got {prior!r}")
+    if prior == "fitted" and not model.has_fitted_prior:
+        raise SpecError(f"{run}: no fitted latent prior in this checkpoint (use --prior learned)")
     gen_crops: list[RGBA] = []
     gen_ids: list[int] = []
     for ci, name in enumerate(names):
         for start in range(0, samples_per_class, 64):
             ks = range(start, min(samples_per_class, start + 64))
             gens = [randomness.torch_generator(seed, k, f"audit.{name}") for k in ks]
-            gen_crops += list(to_uint8(model.sample([ci] * len(gens), gens, temperature)))
+            rgba = model.sample([ci] * len(gens), gens, temperature, prior)  # type: ignore[arg-type]
+            gen_crops += list(to_uint8(rgba))
             gen_ids += [ci] * len(gens)
     res = model.hparams["resolution"]
     # Compare at the model's resolution: real crops go through the same square fitting.
@@ -330,6 +337,7 @@ def audit_run(
         "classes": names,
         "features": features,
         "temperature": temperature,
+        "prior": prior,
         "samples_per_class": samples_per_class,
         "num_train": len(train),
         **result.summary(),

@@ -248,31 +248,33 @@ def sample_grid(
     return rows
 
 
-def encode_means(
+def encode_posteriors(
     model: CVAENetwork,
     data: npt.NDArray[np.uint8],
     class_ids: npt.NDArray[np.int64],
     *,
     hflip: bool = True,
     batch_size: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means (M, D) of squares `data` (N, R, R, 4) and their class ids (M,); with
-    `hflip` the mirrored crops too (M = 2N), as training saw both."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Posterior means and variances (M, D) of squares `data` (N, R, R, 4), and their class ids
+    (M,); with `hflip` the mirrored crops too (M = 2N), as training saw both."""
     import torch
 
     was_training = model.training
     model.eval()
-    means, ids = [], []
+    means, variances, ids = [], [], []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             x = torch.from_numpy(data[start : start + batch_size]).to(model.device)
             x = x.permute(0, 3, 1, 2).contiguous().float() / 255.0  # (b, 4, R, R)
             c = torch.from_numpy(class_ids[start : start + batch_size]).to(model.device)
             for view in (x, x.flip(-1)) if hflip else (x,):
-                means.append(model.encode(view.to(model.dtype), c).mean.float().cpu())
+                post = model.encode(view.to(model.dtype), c)
+                means.append(post.mean.float().cpu())
+                variances.append(post.logvar.float().exp().cpu())
                 ids.append(c.cpu())
     model.train(was_training)
-    return torch.cat(means), torch.cat(ids)
+    return torch.cat(means), torch.cat(variances), torch.cat(ids)
 
 
 def to_uint8(rgba: torch.Tensor) -> npt.NDArray[np.uint8]:
@@ -457,8 +459,10 @@ def fit(
     if accelerator.is_main_process:
         net = accelerator.unwrap_model(model)
         # Sample from the aggregate posterior, not the prior (models/cvae.py, Ghosh et al. 2020).
-        latents, latent_ids = encode_means(net, data, class_ids, hflip=config.hflip)
-        net.fit_latent_prior(latents, latent_ids)
+        latents, latent_vars, latent_ids = encode_posteriors(
+            net, data, class_ids, hflip=config.hflip
+        )
+        net.fit_latent_prior(latents, latent_ids, latent_vars)
         meta["latent_prior_fit_latents"] = len(latents)
         rows = sample_grid(net, config.samples_per_class, config.seed)
         grid_image(rows, cell=min(config.resolution, 64), labels=list(class_names)).save(
@@ -591,9 +595,10 @@ def model_card(info: dict[str, Any]) -> str:
         ),
         "",
         "Sampling: z ~ a full-covariance Gaussian per class fitted after training to the "
-        f"posterior means of the {info.get('latent_prior_fit_latents', '?')} training crops "
-        "(mirrored included when flips were on), shrunk towards the pooled diagonal for small "
-        "classes (ex-post density estimation, Ghosh et al. 2020); temperature scales its std.",
+        f"posteriors of the {info.get('latent_prior_fit_latents', '?')} training crops "
+        "(mirrored included when flips were on): the aggregate posterior's mean and covariance, "
+        "the means' part shrunk towards the pooled diagonal for small classes (ex-post density "
+        "estimation, Ghosh et al. 2020); temperature scales its std.",
         "",
         "Intended use: synthetic training data by compositing. Trained on few crops, samples can",
         "resemble training objects: run `synthvision audit` on the folder before sharing data.",

@@ -115,6 +115,8 @@ def test_same_seed_same_samples_and_batch_independence() -> None:
 def test_fitted_latent_prior_matches_the_latents_and_survives_save_load(tmp_path: Path) -> None:
     model = tiny_model().eval()
     assert not model.has_fitted_prior
+    with pytest.raises(ValueError, match="no fitted latent prior"):
+        model.latents_from_noise(torch.zeros(1, 4), torch.tensor([0]), prior="fitted")
     gen = torch.Generator().manual_seed(0)
     true_mean = torch.tensor([[2.0, -1.0, 0.0, 0.5], [0.0, 0.0, 3.0, 0.0], [-2.0, 1.0, 1.0, 1.0]])
     mix = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.8, 0.6, 0.0, 0.0], [0, 0, 0.5, 0], [0, 0, 0, 2.0]])
@@ -136,6 +138,10 @@ def test_fitted_latent_prior_matches_the_latents_and_survives_save_load(tmp_path
         z_half = model.latents_from_noise(eps, torch.full((20000,), 1), temperature=0.5)
     centre = model.fitted_mean[1]
     assert torch.allclose(z_half - centre, 0.5 * (z - centre), atol=1e-5)
+    # the learned prior stays available (N(0, I) here: the tiny model's prior is untrained)
+    with torch.no_grad():
+        learned = model.latents_from_noise(eps[:3], torch.tensor([1, 1, 1]), prior="learned")
+    assert torch.equal(learned, eps[:3])
     # a row's latent does not depend on the other rows of the batch (bit for bit)
     mixed = model.latents_from_noise(eps[:5], torch.tensor([0, 2, 1, 1, 0]))
     alone = model.latents_from_noise(eps[2:3], torch.tensor([1]))
@@ -247,6 +253,28 @@ def test_cvae_source_unknown_class_is_a_clear_error(tiny_checkpoint: Path) -> No
         OBJECT_SOURCES.create(
             "cvae", {"checkpoint": str(tiny_checkpoint)}, "objects", class_names=("disc", "zebra")
         )
+
+
+def test_cvae_source_prior_choice(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"objects\.params\.prior: .* no fitted latent prior"):
+        OBJECT_SOURCES.create(
+            "cvae", {"checkpoint": str(tiny_checkpoint), "prior": "fitted"}, "objects",
+            class_names=("disc",),
+        )  # fmt: skip
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(2)
+    model.fit_latent_prior(3.0 + torch.randn(30, 4, generator=gen), torch.arange(3).repeat(10))
+    model.save_pretrained(tmp_path / "fitted")
+    requests = [CropRequest("star", (16, 16), seed=5, index=0)]
+
+    def crop(prior: str) -> np.ndarray:
+        params = {"checkpoint": str(tmp_path / "fitted"), "prior": prior}
+        return OBJECT_SOURCES.create("cvae", params, "objects", class_names=("star",)).crops(
+            requests
+        )[0]
+
+    assert np.array_equal(crop("auto"), crop("fitted"))
+    assert not np.array_equal(crop("auto"), crop("learned"))
 
 
 def test_cvae_source_bad_params(tmp_path: Path) -> None:

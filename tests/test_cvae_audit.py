@@ -98,3 +98,10 @@ def test_audit_of_a_trained_run_writes_report(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "audit" / "audit.json").is_file()
     assert (tmp_path / "run" / "audit" / "nearest_pairs.png").is_file()
     assert isinstance(result.flagged, bool)
+    assert report["prior"] == "auto"
+    _, learned = audit_run(tmp_path / "run", samples_per_class=6, device="cpu", prior="learned")
+    assert learned["prior"] == "learned"
+    from synthvision.errors import SpecError
+
+    with pytest.raises(SpecError, match="--prior must be"):
+        audit_run(tmp_path / "run", samples_per_class=6, device="cpu", prior="wide")

@@ -16,6 +16,13 @@ def audit_command(
     ],
     samples_per_class: Annotated[int, typer.Option(help="Generated crops per class.")] = 50,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    prior: Annotated[
+        str,
+        typer.Option(
+            help="p(z|c) to sample: auto (the fitted Gaussian if the checkpoint has one), fitted, "
+            "or learned; audit what the build's objects.params.prior will use."
+        ),
+    ] = "auto",
     features: Annotated[
         str,
         typer.Option(
@@ -56,6 +63,7 @@ def audit_command(
         run_dir,
         samples_per_class=samples_per_class,
         temperature=temperature,
+        prior=prior,
         features=features,
         feature_size=feature_size,
         percentile=percentile,

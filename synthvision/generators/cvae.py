@@ -21,7 +21,7 @@ import contextlib
 import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,10 @@ class CVAEObjectParams(BaseModel):
 
     checkpoint: Annotated[str, Field(min_length=1)] = "builtin"
     temperature: Annotated[float, Field(ge=0.0, le=3.0)] = 1.0  # scale of the prior's std
+    # p(z|c) to sample: the Gaussian fitted to the training crops' posteriors after training
+    # (sharper, more typical shapes), the prior learned in training (wider), or auto = fitted
+    # where the checkpoint has one. `synthvision audit --prior` checks the same choice.
+    prior: Literal["auto", "fitted", "learned"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Crops are decoded in batches of exactly this many rows (the last one padded): at a fixed
     # shape a row's result does not depend on the other rows, so bytes do not depend on how the
@@ -119,6 +123,11 @@ class CVAEObjectSource:
                 "(rename the spec classes or train a checkpoint on them with train-cvae)"
             )
         self.class_ids = {name: known.index(name) for name in class_names}
+        if params.prior == "fitted" and not self.model.has_fitted_prior:
+            raise SpecError(
+                f"objects.params.prior: the cVAE checkpoint {params.checkpoint!r} has no fitted "
+                "latent prior (train it with this version of train-cvae, or use prior: learned)"
+            )
 
     def crops(self, requests: Sequence[CropRequest]) -> list[npt.NDArray[np.uint8]]:
         out: list[npt.NDArray[np.uint8]] = []
@@ -147,7 +156,9 @@ class CVAEObjectSource:
         class_ids[: len(ids)] = torch.tensor(ids)
         with torch.inference_mode(), _cpu_threads(self.params.cpu_threads, self.device):
             eps, class_ids = eps.to(self.device, self.dtype), class_ids.to(self.device)
-            z = self.model.latents_from_noise(eps, class_ids, self.params.temperature)
+            z = self.model.latents_from_noise(
+                eps, class_ids, self.params.temperature, self.params.prior
+            )
             rgba = self.model.decode(z, class_ids).rgba[: len(chunk)]  # (n, 4, R, R)
         return [
             trim_to_alpha(arr, self.params.alpha_threshold, self.params.margin_px)

@@ -35,13 +35,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' file name
+LatentPrior = Literal["auto", "fitted", "learned"]  # which p(z|c) sampling draws from
 
 
 @dataclass
@@ -328,19 +329,31 @@ class CVAENetwork(nn.Module):
 
     @torch.no_grad()
     def fit_latent_prior(
-        self, latents: torch.Tensor, class_ids: torch.Tensor, jitter: float = 1e-4
+        self,
+        latents: torch.Tensor,
+        class_ids: torch.Tensor,
+        latent_vars: torch.Tensor | None = None,
+        jitter: float = 1e-4,
     ) -> None:
-        """Fit p(z|c) = N(mean_c, cov_c) to posterior means `latents` (N, D) of training crops.
+        """Fit p(z|c) = N(mean_c, cov_c) to the posteriors of a class's training crops.
 
-        cov_c is shrunk towards the pooled within-class variances (diagonal) with weight
-        D / (n_c + D), so a class with few crops (n_c << D) still gets a well-conditioned,
-        mostly diagonal Gaussian; `jitter` keeps the Cholesky factor finite.
+        `latents` (N, D) are posterior means, `latent_vars` (N, D) their variances: with them the
+        Gaussian has the mean and covariance of the aggregate posterior (1/n) sum_i N(mu_i,
+        diag var_i), i.e. cov(mu) + mean(var); without, of the means alone. The part from the
+        means is shrunk towards the pooled within-class variances (diagonal) with weight
+        D / (n_c + D), so a class with few crops (n_c << D) still gets a well-conditioned, mostly
+        diagonal Gaussian; `jitter` keeps the Cholesky factor finite.
         """
         latents = latents.detach().to(torch.float64)  # (N, D)
         class_ids = class_ids.detach().view(-1).to(latents.device)
         num_classes, dim = self.fitted_mean.shape
         if latents.ndim != 2 or latents.shape != (len(class_ids), dim):
             raise ValueError(f"latents must be (N, {dim}) with N = len(class_ids)")
+        if latent_vars is None:
+            latent_vars = torch.zeros_like(latents)
+        latent_vars = latent_vars.detach().to(latents)
+        if latent_vars.shape != latents.shape:
+            raise ValueError("latent_vars must have the shape of latents")
         present = torch.bincount(class_ids, minlength=num_classes)
         if int(present.min()) == 0:
             missing = [self.class_names[i] for i in range(num_classes) if present[i] == 0]
@@ -355,6 +368,7 @@ class CVAENetwork(nn.Module):
             cov = xc.T @ xc / max(1, n - 1)  # (D, D)
             shrink = dim / (n + dim)
             cov = (1 - shrink) * cov + shrink * torch.diag(pooled_var) + jitter * eye
+            cov = cov + torch.diag(latent_vars[class_ids == c].mean(0))  # posterior noise
             self.fitted_scale_tril[c] = torch.linalg.cholesky(cov).to(self.fitted_scale_tril)
             self.fitted_mean[c] = means[c].to(self.fitted_mean)
             self.fitted_count[c] = float(n)
@@ -365,10 +379,12 @@ class CVAENetwork(nn.Module):
         class_ids: torch.Tensor | Sequence[int],
         generator: torch.Generator | list[torch.Generator] | None = None,
         temperature: float = 1.0,
+        prior: LatentPrior = "auto",
     ) -> torch.Tensor:
         """Draw z ~ p(z | c) with its std scaled by `temperature`, decode -> RGBA (B, 4, R, R).
 
-        p(z | c) is the fitted Gaussian where `fit_latent_prior` was run, else the prior. With a
+        p(z | c): see `latents_from_noise` (by default the fitted Gaussian where
+        `fit_latent_prior` was run, else the learned prior). With a
         list of generators (one per item) each sample depends only on its own generator, not on
         the batch it was drawn in (as in diffusers pipelines).
         """
@@ -383,20 +399,30 @@ class CVAENetwork(nn.Module):
             device=self.device,
             dtype=self.dtype,
         )  # (B, D)
-        return self.decode(self.latents_from_noise(eps, ids, temperature), ids).rgba
+        return self.decode(self.latents_from_noise(eps, ids, temperature, prior), ids).rgba
 
     def latents_from_noise(
-        self, eps: torch.Tensor, class_ids: torch.Tensor, temperature: float = 1.0
+        self,
+        eps: torch.Tensor,
+        class_ids: torch.Tensor,
+        temperature: float = 1.0,
+        prior: LatentPrior = "auto",
     ) -> torch.Tensor:
         """Standard normal noise (B, D) -> z (B, D) ~ p(z | c) with std scaled by temperature.
 
-        Row by row elementwise ops and a per-row sum (no batched matmul), so a row's bits do not
-        depend on the other rows of the batch.
+        `prior`: "fitted" (the Gaussian of `fit_latent_prior`; an error if it was not run),
+        "learned" (the prior trained with the model), or "auto" (fitted where it was run). Row by
+        row elementwise ops and a per-row sum (no batched matmul), so a row's bits do not depend
+        on the other rows of the batch.
         """
+        if prior not in ("auto", "fitted", "learned"):
+            raise ValueError(f"prior must be auto, fitted or learned, got {prior!r}")
         mean, logvar = self.prior_params(class_ids)
-        z = mean + torch.exp(0.5 * logvar) * eps * temperature  # the (learned) prior
+        z = mean + torch.exp(0.5 * logvar) * eps * temperature  # the learned prior
         fitted = self.fitted_count[class_ids] > 0  # (B,)
-        if bool(fitted.any()):
+        if prior == "fitted" and not bool(fitted.all()):
+            raise ValueError("no fitted latent prior for these classes (run fit_latent_prior)")
+        if prior != "learned" and bool(fitted.any()):
             tril = self.fitted_scale_tril[class_ids]  # (B, D, D)
             spread = (tril * (eps * temperature)[:, None, :]).sum(-1)  # L_c @ eps per row
             z = torch.where(fitted[:, None], self.fitted_mean[class_ids] + spread, z)
