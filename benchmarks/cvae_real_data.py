@@ -2,12 +2,13 @@
 
     python benchmarks/cvae_real_data.py --data ../shared/data/coco-val100 \\
         --classes "person,cup,broccoli,wine glass,car" --work /tmp/cvae-coco \\
-        --images benchmarks/images
+        --images benchmarks/images --real-images /tmp/cvae-coco-real
 
 Same as `synthvision train-cvae DATA --classes ... --balanced` followed by `synthvision audit`;
 the data are only read (nothing is copied next to the code). Prints the training summary and the
-audit report as JSON; `--images` gets two small PNGs: real training crops and cVAE samples per
-class (same layout), and the audit's nearest pairs.
+audit report as JSON; `--images` gets the cVAE samples per class (PNG); `--real-images` (keep it
+outside the repository: the PNGs show pieces of the dataset's photos) gets real training crops in
+the same layout and the audit's nearest pairs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True)
     ap.add_argument("--classes", default="person,cup,broccoli,wine glass,car")
     ap.add_argument("--work", type=Path, default=Path("/tmp/cvae-coco"))
-    ap.add_argument("--images", type=Path, default=None, help="folder for the PNGs")
+    ap.add_argument("--images", type=Path, default=None, help="folder for the samples PNG")
+    ap.add_argument(
+        "--real-images",
+        type=Path,
+        default=None,
+        help="folder for the PNGs that show real crops (real crops per class, nearest pairs): "
+        "they hold pieces of the dataset's photos, so keep them out of the repository",
+    )
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--min-size", type=int, default=24)
     ap.add_argument("--holdout", type=float, default=0.2)
@@ -92,9 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             gens = [randomness.torch_generator(args.seed, k, "bench.real.grid") for k in range(8)]
             fake = model.sample([ci] * 8, gens, args.temperature, args.prior)
             fake_rows.append(list(to_uint8(fake)))
-        grid_image(real_rows, cell=48, labels=classes).save(args.images / "cvae_coco_real.png")
         grid_image(fake_rows, cell=48, labels=classes).save(args.images / "cvae_coco_samples.png")
-        shutil.copy2(args.work / "audit" / "nearest_pairs.png", args.images / "cvae_coco_pairs.png")
+        if args.real_images:
+            args.real_images.mkdir(parents=True, exist_ok=True)
+            real = args.real_images / "cvae_coco_real.png"
+            grid_image(real_rows, cell=48, labels=classes).save(real)
+            pairs = args.real_images / "cvae_coco_pairs.png"
+            shutil.copy2(args.work / "audit" / "nearest_pairs.png", pairs)
     return 0
 
 
