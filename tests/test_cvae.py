@@ -238,6 +238,16 @@ def test_load_network_matches_from_pretrained_without_importing_diffusers(
         "class_names=('disc',)); assert 'diffusers' not in sys.modules, 'diffusers imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+    # a folder from before the fitted prior (no fitted_* tensors) loads as "not fitted"
+    from safetensors.torch import load_file, save_file
+
+    old = tiny_checkpoint.parent / "old"
+    old.mkdir()
+    (old / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    weights = load_file(tiny_checkpoint / "diffusion_pytorch_model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith("fitted_")}
+    save_file(kept, old / "diffusion_pytorch_model.safetensors")
+    assert not load_network(old).has_fitted_prior
     # weights that do not fit the config are one clear error
     other = tiny_checkpoint.parent / "other"
     ConditionalVAE(**{**TINY, "latent_dim": 8}).save_pretrained(other)

@@ -464,7 +464,14 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> CVAENe
     # draws from a forked RNG so the caller's global RNG state is left as it was
     with torch.random.fork_rng(devices=[]):
         net = CVAENetwork(**{k: v for k, v in config.items() if k in accepted})
-    net.load_state_dict(load_file(folder / WEIGHTS_NAME), strict=True)
+    weights = load_file(folder / WEIGHTS_NAME)
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    # folders written before the fitted prior existed lack its buffers: they stay "not fitted"
+    if unexpected or any(not k.startswith("fitted_") for k in missing):
+        raise ValueError(
+            f"{folder}: weights do not match config.json (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
     return net.to(device).eval()
 
 
