@@ -113,7 +113,6 @@ class CVAEObjectSource:
         self.path = resolve_checkpoint(params.checkpoint)
         self.device = resolve_device(params.device, "objects.params.device")
         self.model = load_cvae(str(self.path), self.device)
-        self.dtype = self.model.dtype  # ModelMixin.dtype walks the parameters: read it once
         known = self.model.class_names
         unknown = [n for n in class_names if n not in known]
         if unknown:
@@ -155,7 +154,7 @@ class CVAEObjectSource:
         class_ids = torch.zeros(self.params.decode_batch, dtype=torch.long)
         class_ids[: len(ids)] = torch.tensor(ids)
         with torch.inference_mode(), _cpu_threads(self.params.cpu_threads, self.device):
-            eps, class_ids = eps.to(self.device, self.dtype), class_ids.to(self.device)
+            eps, class_ids = eps.to(self.device, self.model.dtype), class_ids.to(self.device)
             z = self.model.latents_from_noise(
                 eps, class_ids, self.params.temperature, self.params.prior
             )
