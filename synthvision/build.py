@@ -357,6 +357,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def merge(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> dict[str, Any]:
     """Write COCO + YOLO from the shards in index order; returns counts for the manifest."""
+    # Every rank is done: temporary image files of killed ranks (also of rank numbers that did
+    # not run again, e.g. a resume with fewer processes) are garbage now.
+    for stale in (out_dir / SHARDS_DIR).glob("rank-*/images/.*.tmp*"):
+        stale.unlink(missing_ok=True)
     class_map = ClassMap(spec.class_names)
     export = spec.export
     splits = list(spec.splits)

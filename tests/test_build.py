@@ -142,9 +142,14 @@ def test_resume_after_lost_records_regenerates_only_those(tmp_path: Path) -> Non
     records = out / "shards/rank-00000/records.jsonl"
     lines = records.read_bytes().splitlines(keepends=True)
     records.write_bytes(b"".join(lines[:5]) + lines[5][:20])
+    # a half-written image of a rank that will not run again (the crash had 2 processes)
+    stale = out / "shards/rank-00001/images/.000000007.jpg.x1y2.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"partial")
     result = build(spec, out, show_progress=False)
     assert result.skipped == 5 and result.generated == 4
     assert dataset_digests(out) == dataset_digests(ref)
+    assert not stale.exists()
 
 
 def test_augmented_variants_are_valid_and_deterministic(tmp_path: Path) -> None:
