@@ -125,6 +125,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     crops_per_second: float = 0.0
     resumed_from_epoch: int = 0
+    is_main_process: bool = True  # False on the other ranks of `accelerate launch`
 
 
 def class_order(crops: Sequence[Crop], source: DataSource) -> list[str]:
@@ -485,7 +486,9 @@ def fit(
         (out / TRAINING_FILE).write_text(json.dumps(info, indent=1))
         (out / "README.md").write_text(model_card(info))
     accelerator.wait_for_everyone()
-    return TrainResult(out, config.epochs, history, throughput, resumed_from)
+    return TrainResult(
+        out, config.epochs, history, throughput, resumed_from, accelerator.is_main_process
+    )
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -298,3 +298,26 @@ def test_rank_killed_then_one_process_finishes_identically(tmp_path: Path) -> No
     assert "already done" in rerun.stdout
     assert json.loads((out / "manifest.json").read_text())["world_size"] == 1
     assert dataset_digests(out) == dataset_digests(ref)
+
+
+@pytest.mark.slow
+def test_train_cvae_over_two_processes(tmp_path: Path) -> None:
+    """DDP training on CPU (gloo): both ranks train, the main one fits the latent prior and
+    writes the folder, which the cvae source then loads."""
+    pytest.importorskip("torch")
+    out = tmp_path / "run"
+    cmd = _accelerate_launch(
+        2, "-m", "synthvision", "train-cvae", "procedural", "--output", str(out),
+        "--classes", "disc,square", "--procedural-count", "16", "--epochs", "2",
+        "--batch-size", "8", "--resolution", "16", "--channels", "8,16", "--latent-dim", "4",
+        "--min-size", "4", "--no-progress",
+    )  # fmt: skip
+    run = subprocess.run(cmd, env=_launch_env(tmp_path), cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("wrote ") == 1  # only the main process reports
+    info = json.loads((out / "training.json").read_text())
+    assert info["processes"] == 2 and info["epochs"] == 2
+    assert (out / "samples" / "final.png").is_file()
+    from synthvision.models.cvae import load_network
+
+    assert load_network(out).has_fitted_prior

@@ -141,6 +141,8 @@ def train_cvae_command(
         checkpoint_every=checkpoint_every,
     )
     result = train_cvae(source, output, config, resume=resume, progress=progress, log=typer.echo)
+    if not result.is_main_process:
+        return
     typer.echo(
         f"wrote {result.output_dir} ({result.epochs_done} epochs, "
         f"{result.crops_per_second:.0f} crops/s); sample it with "
