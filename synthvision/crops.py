@@ -20,6 +20,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from synthvision.errors import SpecError
+from synthvision.structures import Instances
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -177,18 +178,18 @@ def _read_rgb(path: Path) -> npt.NDArray[np.uint8]:
 
 def _crops_of_image(
     rgb: npt.NDArray[np.uint8],
-    xyxy: npt.NDArray[np.float32],
-    class_id: npt.NDArray[np.int64],
-    masks: npt.NDArray[np.bool_] | None,
+    inst: Instances,
     names: Sequence[str],
     wanted: set[str],
     min_size: int,
     key_prefix: str,
 ) -> list[Crop]:
+    """Crops of the wanted classes' instances of one (H, W, 3) image; keys `<prefix>:<k>`."""
+    masks = inst.masks
     out = []
-    for k in range(len(xyxy)):
-        name = names[int(class_id[k])]
-        x0, y0, x1, y1 = (float(v) for v in xyxy[k])
+    for k in range(len(inst.xyxy)):
+        name = names[int(inst.class_id[k])]
+        x0, y0, x1, y1 = (float(v) for v in inst.xyxy[k])
         if name not in wanted or min(x1 - x0, y1 - y0) < min_size:
             continue
         rgba = cut_crop(rgb, (x0, y0, x1, y1), None if masks is None else masks[k])
@@ -240,16 +241,7 @@ def crops_from_coco(
                 "(give the image folder with --images)"
             )
         rgb = _read_rgb(path)
-        out += _crops_of_image(
-            rgb,
-            inst.xyxy,
-            inst.class_id,
-            inst.masks,
-            class_map.names,
-            wanted,
-            min_size,
-            f"coco:{img.image_id}",
-        )
+        out += _crops_of_image(rgb, inst, class_map.names, wanted, min_size, f"coco:{img.image_id}")
     return out
 
 
@@ -272,14 +264,7 @@ def crops_from_yolo(
             continue
         rgb = _read_rgb(root / "images" / split / img.file_name)
         out += _crops_of_image(
-            rgb,
-            inst.xyxy,
-            inst.class_id,
-            inst.masks,
-            class_map.names,
-            wanted,
-            min_size,
-            f"yolo:{split}/{img.file_name}",
+            rgb, inst, class_map.names, wanted, min_size, f"yolo:{split}/{img.file_name}"
         )
     return out
 
