@@ -29,6 +29,7 @@ object).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -475,14 +476,9 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> CVAENe
     return net.to(device).eval()
 
 
-_DIFFUSERS_CLASS: type | None = None
-
-
+@functools.cache
 def _conditional_vae_class() -> type:
     """`ConditionalVAE`: CVAENetwork + diffusers' ModelMixin/ConfigMixin (defined once)."""
-    global _DIFFUSERS_CLASS
-    if _DIFFUSERS_CLASS is not None:
-        return _DIFFUSERS_CLASS
     from diffusers.configuration_utils import ConfigMixin, register_to_config
     from diffusers.models.modeling_utils import ModelMixin
 
@@ -514,7 +510,6 @@ def _conditional_vae_class() -> type:
 
     ConditionalVAE.__module__ = __name__
     ConditionalVAE.__qualname__ = "ConditionalVAE"
-    _DIFFUSERS_CLASS = ConditionalVAE
     return ConditionalVAE
 
 
