@@ -321,7 +321,8 @@ def fit(
     ckpt = out / CHECKPOINT_SUBDIR
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": []}
     model_kwargs = config.model_kwargs(class_names)
-    if resume and (ckpt / "trainer_state.json").is_file():
+    resuming = resume and (ckpt / "trainer_state.json").is_file()
+    if resuming:
         state = json.loads((ckpt / "trainer_state.json").read_text())
         if state.get("fingerprint") != meta["fingerprint"]:
             raise SpecError(
@@ -335,7 +336,7 @@ def fit(
             )
     init_gen = randomness.torch_generator(config.seed, randomness.GLOBAL_INDEX, "cvae.init")
     model = ConditionalVAE.initialized(init_gen, **model_kwargs)
-    if resume and (ckpt / "trainer_state.json").is_file():
+    if resuming:
         from safetensors.torch import load_file
 
         # weights only (from_pretrained would record this folder's path in the final config)
