@@ -101,6 +101,49 @@ def test_instances_from_maps_boxes_are_tight_boxes_of_masks() -> None:
     assert len(strict) == 0 and strict.masks is not None
 
 
+def _reference_instances(maps, class_ids, size_hw, threshold, min_confidence, min_area_px, limits):  # type: ignore[no-untyped-def]
+    """The rule of `instances_from_maps` written plainly, over the whole image."""
+    import cv2
+
+    norm = attn.upsample_maps(maps, size_hw)
+    winner, above = norm.argmax(axis=0), norm.max(axis=0) >= threshold
+    out = []
+    for qi, c in enumerate(class_ids):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(
+            (above & (winner == qi)).astype(np.uint8), connectivity=8
+        )
+        found = []
+        for k in range(1, n):
+            m = labels == k
+            if stats[k, cv2.CC_STAT_AREA] >= min_area_px and norm[qi][m].mean() >= min_confidence:
+                found.append((float(norm[qi][m].mean()), m))
+        found.sort(key=lambda t: -t[0])
+        out += [(c, s, m) for s, m in found[: limits[qi]]]
+    return out
+
+
+def test_instances_from_maps_matches_the_plain_rule_on_random_maps() -> None:
+    """The bounding-box-cropped implementation labels exactly like the plain whole-image rule."""
+    rng = np.random.default_rng(0)
+    total = 0
+    for _ in range(60):
+        q = int(rng.integers(1, 4))
+        coarse = torch.from_numpy(rng.random((1, q, 6, 6)).astype(np.float32) ** 3)
+        maps = torch.nn.functional.interpolate(coarse, size=(24, 24), mode="bilinear")[0].numpy()
+        size_hw = (int(rng.choice([48, 96, 130])), int(rng.choice([64, 100])))
+        limits = [int(rng.integers(1, 4)) for _ in range(q)]
+        kw = {"threshold": 0.45, "min_confidence": 0.55, "min_area_px": int(rng.choice([1, 30]))}
+        got = attn.instances_from_maps(maps, list(range(q)), size_hw, max_per_query=limits, **kw)
+        want = _reference_instances(maps, list(range(q)), size_hw, **kw, limits=limits)
+        assert len(got) == len(want)
+        total += len(got)
+        for i, (c, score, mask) in enumerate(want):
+            assert got.class_id[i] == c and got.scores[i] == np.float32(score)
+            assert got.masks is not None and np.array_equal(got.masks[i], mask)
+        np.testing.assert_array_equal(got.xyxy, box_ops.masks_to_xyxy(got.masks))
+    assert total > 60  # the cases do find instances
+
+
 def test_object_mask_combines_attention_and_background_difference() -> None:
     img = np.full((64, 64, 3), 250, np.uint8)
     img[20:40, 10:30] = (200, 30, 30)  # the object

@@ -280,7 +280,7 @@ def upsample_maps(
         up = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
         peak = float(up.max())
         if np.isfinite(peak) and peak > 0:
-            out[q] = np.clip(up / peak, 0.0, 1.0)
+            np.clip(np.divide(up, np.float32(peak), out=up), 0.0, 1.0, out=out[q])
     return out
 
 
@@ -356,6 +356,48 @@ def object_mask(
     return combined if combined.sum() >= 0.25 * attn.sum() else attn
 
 
+def _winner(norm: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+    """(argmax over queries, max over queries) of maps (Q, H, W), first query on ties.
+
+    A loop over the few queries: `np.argmax(axis=0)` walks the large (H, W) planes with a
+    stride and is several times slower.
+    """
+    best = norm[0].copy()
+    winner = np.zeros(best.shape, dtype=np.intp)
+    for qi in range(1, len(norm)):
+        better = norm[qi] > best
+        winner[better] = qi
+        np.maximum(best, norm[qi], out=best)
+    return winner, best
+
+
+def _components(
+    region: npt.NDArray[np.uint8], score_map: npt.NDArray[np.float32], min_area_px: int
+) -> list[tuple[float, tuple[int, int, int, int], npt.NDArray[np.bool_]]]:
+    """8-connected components of `region` (H, W) with area >= `min_area_px`, as
+    (mean of `score_map` over the component, (x, y, w, h) box, component mask inside the box).
+
+    Works inside the region's bounding box, so the cost follows the region, not the image.
+    """
+    import cv2
+
+    x0, y0, bw, bh = cv2.boundingRect(region)
+    if bw == 0 or bh == 0:
+        return []
+    crop = region[y0 : y0 + bh, x0 : x0 + bw]
+    scores = score_map[y0 : y0 + bh, x0 : x0 + bw]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
+    out = []
+    for k in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        if area < min_area_px:
+            continue
+        inside = labels[y : y + h, x : x + w] == k
+        conf = float(scores[y : y + h, x : x + w][inside].mean())
+        out.append((conf, (x0 + x, y0 + y, w, h), inside))
+    return out
+
+
 def instances_from_maps(
     maps: npt.NDArray[np.floating],
     class_ids: Sequence[int],
@@ -374,41 +416,38 @@ def instances_from_maps(
     `min_confidence`. `max_per_query` keeps the highest-scoring components per query.
     Masks are bool (N, H, W); boxes are their tight boxes.
     """
-    import cv2
-
     q = len(class_ids)
     if q == 0:
         return Instances.empty(size_hw)
+    h, w = size_hw
     norm = upsample_maps(np.asarray(maps)[:q], size_hw)  # (Q, H, W)
-    winner = norm.argmax(axis=0)
-    above = norm.max(axis=0) >= threshold
-    masks: list[npt.NDArray[np.bool_]] = []
+    winner, best = _winner(norm)
+    above = best >= threshold
+    boxes: list[tuple[int, int, int, int]] = []
     cls: list[int] = []
     scores: list[float] = []
+    crops: list[npt.NDArray[np.bool_]] = []
     for qi in range(q):
         region = (above & (winner == qi)).astype(np.uint8)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-        found: list[tuple[float, npt.NDArray[np.bool_]]] = []
-        for k in range(1, n):
-            if stats[k, cv2.CC_STAT_AREA] < min_area_px:
-                continue
-            m = labels == k
-            conf = float(norm[qi][m].mean())
-            if conf >= min_confidence:
-                found.append((conf, m))
-        found.sort(key=lambda t: -t[0])
+        found = [c for c in _components(region, norm[qi], min_area_px) if c[0] >= min_confidence]
+        found.sort(key=lambda c: -c[0])
         limit = None if max_per_query is None else max_per_query[qi]
-        for conf, m in found[:limit]:
-            masks.append(m)
+        for conf, box, inside in found[:limit]:
+            boxes.append(box)
+            crops.append(inside)
             cls.append(int(class_ids[qi]))
             scores.append(conf)
-    if not masks:
+    if not boxes:
         return Instances.empty(size_hw)
-    mask_arr = np.stack(masks)
+    masks = np.zeros((len(boxes), h, w), dtype=bool)
+    for i, ((x, y, bw, bh), inside) in enumerate(zip(boxes, crops, strict=True)):
+        masks[i, y : y + bh, x : x + bw] = inside
+    # A component's stats box is the tight box of its mask (pixel edges).
+    xyxy = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in boxes], dtype=np.float32)
     return Instances(
-        xyxy=box_ops.masks_to_xyxy(mask_arr).astype(np.float32),
+        xyxy=xyxy,
         class_id=np.asarray(cls, dtype=np.int64),
-        masks=mask_arr,
+        masks=masks,
         scores=np.asarray(scores, dtype=np.float32),
     )
 
@@ -434,8 +473,8 @@ def refine_boxes_with_maps(
     inside = np.zeros((n, h, w), dtype=bool)
     for i, (x1, y1, x2, y2) in enumerate(np.round(b).astype(int)):
         inside[i, y1:y2, x1:x2] = True
-    scored = np.where(inside, norm, -1.0)
-    winner = scored.argmax(axis=0)
+    scored = np.where(inside, norm, np.float32(-1.0))
+    winner, _ = _winner(scored)
     out_boxes = np.zeros((n, 4), np.float32)
     out_masks = np.zeros((n, h, w), bool)
     for i in range(n):
