@@ -69,6 +69,37 @@ def test_capture_gives_one_map_per_query_on_the_latent_grid_and_same_image(pipe,
     pipe.unet.set_attn_processor(AttnProcessor2_0())
 
 
+def test_capture_on_fused_projections_matches_the_fused_stock_processor() -> None:
+    """With `fuse_qkv_projections()` (one K|V matmul) capture still leaves the image
+    bit-identical to diffusers' fused processor, and records the same maps as unfused."""
+    from diffusers import AutoPipelineForText2Image
+
+    fresh = AutoPipelineForText2Image.from_pretrained(tiny_models.sd_model(), use_safetensors=True)
+    fresh.set_progress_bar_config(disable=True)
+    prompts = ["a photo of a red cat", "two dogs on a street"]
+    spans = [attn.token_span(fresh.tokenizer, prompts[0], 16, 19), [2, 3]]
+    w = torch.from_numpy(np.stack([attn.token_weights(spans, 77)] * 2))
+
+    def captured_run():  # type: ignore[no-untyped-def]
+        store = attn.AttentionStore()
+        attn.install_capture(fresh.unet, store)
+        with store.capture(w, latent_hw=(16, 16)):
+            image = _run(fresh, prompts, [1, 2])
+        return image, store.maps()
+
+    _, unfused_maps = captured_run()
+    fresh.unet.fuse_qkv_projections()  # FusedAttnProcessor2_0 on every layer
+    with torch.no_grad():  # the unfused copies stay on the modules: they must go unused
+        for module in fresh.unet.modules():
+            if hasattr(module, "to_kv"):
+                module.to_k.weight.zero_()
+                module.to_v.weight.zero_()
+    stock = _run(fresh, prompts, [1, 2])
+    image, maps = captured_run()
+    assert torch.equal(stock, image)
+    torch.testing.assert_close(maps, unfused_maps, rtol=1e-4, atol=1e-6)
+
+
 def test_token_span_covers_the_words(pipe) -> None:  # type: ignore[no-untyped-def]
     tok = pipe.tokenizer
     prompt = "a photo of a fire truck and two cats"

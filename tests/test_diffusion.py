@@ -115,6 +115,19 @@ def test_image_identical_in_a_batch_of_four_or_alone(attention_gen: Any) -> None
     np.testing.assert_array_equal(mixed[1].image, together[1].image)
 
 
+def test_fused_projections_generate_the_same_labeled_scenes(attention_gen: Any) -> None:
+    fused = make(scene_spec("diffusion-attention", tiny_models.sd_model(), fuse_qkv=True))
+    unet = fused.engine.loaded.pipe.unet
+    assert unet is not attention_gen.engine.loaded.pipe.unet  # a pipeline of its own
+    assert all(m.fused_projections for m in unet.modules() if hasattr(m, "fused_projections"))
+    jobs = make_plan(fused.spec)
+    got, want = fused.generate(jobs), attention_gen.generate(jobs)
+    assert_valid(got, fused.spec)
+    for g, w in zip(got, want, strict=True):  # one matmul instead of two: equal up to rounding
+        assert np.abs(g.image.astype(int) - w.image.astype(int)).max() <= 2
+    assert sum(len(s.instances) for s in got) == sum(len(s.instances) for s in want)
+
+
 def test_gligen_scenes_are_valid_with_layout_labels() -> None:
     spec = scene_spec("gligen", tiny_models.gligen_model())
     gen = make(spec)
@@ -255,6 +268,12 @@ def test_bad_params_are_spec_errors() -> None:
         make(scene_spec("diffusion-attention", tiny_models.sd_model(), prompt="a photo"))
     with pytest.raises(SpecError, match=r"scheduler"):
         make(scene_spec("diffusion-attention", tiny_models.sd_model(), scheduler="Nope"))
+    with pytest.raises(SpecError, match=r"fuse_qkv: needs attention: sdpa"):
+        make(
+            scene_spec(
+                "diffusion-attention", tiny_models.sd_model(), attention="eager", fuse_qkv=True
+            )
+        )
     with pytest.raises(SpecError, match=r"must mention the class"):
         dif.DiffusionObjectSource(
             dif.DiffusionObjectParams(model=tiny_models.sd_model(), steps=1),

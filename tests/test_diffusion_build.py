@@ -77,3 +77,19 @@ def test_detector_labeler_in_a_build(tmp_path: Path) -> None:
     )
     build_mod.build(spec, tmp_path / "out", batch_size=4, show_progress=False)
     assert validate_dataset(tmp_path / "out") == []
+
+
+def test_label_threads_do_not_change_the_dataset(tmp_path: Path) -> None:
+    """Scene labels are computed on a thread pool: the bytes are those of a one-thread build."""
+    from tests.helpers import dataset_digests
+
+    digests = []
+    for threads in (1, 3):
+        params = {"model": tiny_models.sd_model(), **PIPE, "label_threads": threads}
+        spec = _spec(num_images=6, scene={"name": "diffusion-attention", "params": params})
+        out = tmp_path / f"threads-{threads}"
+        build_mod.build(spec, out, batch_size=4, show_progress=False)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["counts"]["instances"]["total"] > 0
+        digests.append(dataset_digests(out))
+    assert digests[0] == digests[1]

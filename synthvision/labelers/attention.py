@@ -160,8 +160,9 @@ class AttentionStore:
 class CaptureAttnProcessor:
     """Scaled-dot-product attention that also records cross-attention maps into a store.
 
-    The output path mirrors diffusers' `AttnProcessor2_0` op for op (so images are bit-identical
-    to the stock processor); the recording path recomputes softmax(QK^T) for the conditional
+    The output path mirrors diffusers' `AttnProcessor2_0` op for op, or `FusedAttnProcessor2_0`
+    on layers with fused projections (so images are bit-identical to the stock processor); the
+    recording path recomputes softmax(QK^T) for the conditional
     half only, in float32, which costs a (HW x T) matmul per head - small next to the UNet.
     """
 
@@ -179,6 +180,7 @@ class CaptureAttnProcessor:
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
+        import torch
         import torch.nn.functional as F
 
         residual = hidden_states
@@ -206,8 +208,13 @@ class CaptureAttnProcessor:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
+        if getattr(attn, "fused_projections", False) and hasattr(attn, "to_kv"):
+            # `fuse_qkv_projections()`: one K|V matmul, as diffusers' FusedAttnProcessor2_0.
+            kv = attn.to_kv(encoder_hidden_states)
+            key, value = torch.split(kv, kv.shape[-1] // 2, dim=-1)
+        else:
+            key = attn.to_k(encoder_hidden_states)
+            value = attn.to_v(encoder_hidden_states)
 
         head_dim = key.shape[-1] // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # (B', H, N, d)
