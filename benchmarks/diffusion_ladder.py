@@ -127,6 +127,9 @@ class Rung:
     fuse_qkv: bool = False
     compile_mode: str | None = None
     inductor_tuning: bool = False  # conv 1x1 as matmul, coordinate-descent tuning (global)
+    # cuDNN times its conv algorithms per shape (global). Not a package default: the choice can
+    # differ between processes, and so can the bits of an image.
+    cudnn_benchmark: bool = False
 
 
 LADDER = [
@@ -162,7 +165,31 @@ LADDER = [
         True,
         inductor_tuning=True,
     ),
+    Rung(
+        "bf16+sdpa bs16+cl+fuse_qkv+compile+cudnn.benchmark",
+        "bfloat16",
+        "sdpa",
+        16,
+        True,
+        True,
+        True,
+        cudnn_benchmark=True,
+    ),
 ]
+
+
+@contextmanager
+def global_settings(rung: Rung) -> Iterator[None]:
+    """The rung's process-wide torch settings, restored afterwards."""
+    import torch
+
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = rung.cudnn_benchmark
+    try:
+        with inductor_tuning(rung.inductor_tuning):
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 @contextmanager
@@ -460,7 +487,7 @@ def main() -> None:
         )
         for k in wanted:
             rung = LADDER[k]
-            with inductor_tuning(rung.inductor_tuning):
+            with global_settings(rung):
                 results["rungs"].append(
                     measure_rung(rung, model, args, tmp, bound, device, save_partial=save)
                 )

@@ -165,13 +165,9 @@ class ClipScoreFilter:
         txt = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
         return np.asarray((100.0 * (img * txt).sum(-1)).clamp(min=0).cpu().numpy(), np.float32)
 
-    def failures(
-        self, images: Sequence[npt.NDArray[np.uint8]], texts: Sequence[str]
-    ) -> list[str | None]:
-        return [
-            None if s >= self.params.threshold else f"clip_score {s:.1f}"
-            for s in self.scores(images, texts)
-        ]
+    def failure_of(self, score: float) -> str | None:
+        """Why an image with this CLIP score fails the filter, or None."""
+        return None if score >= self.params.threshold else f"clip_score {score:.1f}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -243,7 +243,12 @@ def test_clip_filter_rejects_below_threshold() -> None:
             "diffusion-attention", tiny_models.sd_model(), clip_filter={**clip, "threshold": 0.0}
         )
     )
-    assert "rejected" not in ok.generate(make_plan(ok.spec)[:1])[0].metadata
+    jobs = make_plan(ok.spec)
+    together = ok.generate(jobs[:3])  # scored in one CLIP call, padded to the batch size
+    for job, sample in zip(jobs[:3], together, strict=True):
+        assert "rejected" not in sample.metadata
+        alone = ok.generate([job])[0]
+        assert sample.metadata["clip_score"] == alone.metadata["clip_score"] >= 0.0
 
 
 @pytest.mark.parametrize("name", ["diffusion-attention", "gligen"])

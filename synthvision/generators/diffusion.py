@@ -504,18 +504,32 @@ class GenResult:
     retry_reasons: list[str]
     rejected: str | None = None
     payload: Any = None
+    clip_score: float | None = None  # of the kept image, when the CLIP filter is on
 
     def metadata(self) -> dict[str, Any]:
         md: dict[str, Any] = {
             "seed": int(self.seed),
             "retries": int(self.retries),
         }
+        if self.clip_score is not None:
+            md["clip_score"] = round(float(self.clip_score), 4)
         if self.retry_reasons:
             md["retry_reasons"] = list(self.retry_reasons)
             md["seeds_tried"] = [int(s) for s in self.seeds_tried]
         if self.rejected is not None:
             md["rejected"] = self.rejected
         return md
+
+
+@dataclass
+class _Decoded:
+    """One decoded image of a batch, after the decode checks and filters."""
+
+    image: npt.NDArray[np.uint8]
+    maps: npt.NDArray[np.float32] | None
+    failure: str | None
+    extra_decodes: int
+    clip_score: float | None = None
 
 
 # finalize(request index, image uint8 (H, W, 3), maps (Q, h, w) | None) -> (payload, failure)
@@ -590,14 +604,21 @@ class DiffusionEngine:
             outs = self._generate_checked(current)
             finals = self._finalize_all(finalize, outs, pending)
             next_pending: list[int] = []
-            for (image, maps, failure, extra_decodes), i, (payload, final_failure) in zip(
-                outs, pending, finals, strict=True
-            ):
-                retries[i] += extra_decodes
-                failure = failure or final_failure
+            for out, i, (payload, final_failure) in zip(outs, pending, finals, strict=True):
+                image, maps = out.image, out.maps
+                retries[i] += out.extra_decodes
+                failure = out.failure or final_failure
                 if failure is None:
                     results[i] = GenResult(
-                        image, maps, seeds[i], tried[i], retries[i], reasons[i], None, payload
+                        image,
+                        maps,
+                        seeds[i],
+                        tried[i],
+                        retries[i],
+                        reasons[i],
+                        None,
+                        payload,
+                        out.clip_score,
                     )
                     continue
                 reasons[i].append(failure)
@@ -617,7 +638,7 @@ class DiffusionEngine:
     # -- internals -------------------------------------------------------------------------
 
     def _finalize_all(
-        self, finalize: Finalize | None, outs: Sequence[Any], indices: Sequence[int]
+        self, finalize: Finalize | None, outs: Sequence[_Decoded], indices: Sequence[int]
     ) -> list[tuple[Any, str | None]]:
         """`finalize` of every decoded image that passed its checks, (None, None) for the rest.
 
@@ -626,14 +647,13 @@ class DiffusionEngine:
         a batch of 16 scene images at 512 px would leave the GPU idle for about 0.1 s.
         Each call depends on its own image only, so the thread count never changes a result.
         """
-        todo = [k for k, out in enumerate(outs) if out[2] is None and finalize is not None]
+        todo = [k for k, out in enumerate(outs) if out.failure is None and finalize is not None]
         finals: list[tuple[Any, str | None]] = [(None, None)] * len(outs)
         if not todo or finalize is None:
             return finals
 
         def one(k: int) -> tuple[Any, str | None]:
-            image, maps = outs[k][0], outs[k][1]
-            return finalize(indices[k], image, maps)
+            return finalize(indices[k], outs[k].image, outs[k].maps)
 
         workers = min(len(todo), self.params.label_threads or default_label_threads())
         if workers <= 1:
@@ -651,10 +671,8 @@ class DiffusionEngine:
             finals[k] = result
         return finals
 
-    def _generate_checked(
-        self, requests: Sequence[GenRequest]
-    ) -> list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None, str | None, int]]:
-        """(image, maps, failure, extra decodes) per request, in padded batches by size."""
+    def _generate_checked(self, requests: Sequence[GenRequest]) -> list[_Decoded]:
+        """Each request decoded and checked, in padded batches by size."""
         out: list[Any] = [None] * len(requests)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, r in enumerate(requests):
@@ -667,9 +685,7 @@ class DiffusionEngine:
                     out[i] = res
         return out
 
-    def _batch(
-        self, requests: Sequence[GenRequest]
-    ) -> list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None, str | None, int]]:
+    def _batch(self, requests: Sequence[GenRequest]) -> list[_Decoded]:
         import torch
 
         n = len(requests)
@@ -702,12 +718,26 @@ class DiffusionEngine:
                     img = to_uint8(dec32)[0]
             if failure is None and self.loaded.safety_checker:
                 failure = self._nsfw(decoded[i : i + 1])
-            if failure is None and self.clip is not None:
-                text = requests[i].clip_text or requests[i].prompt
-                failure = self.clip.failures([img], [text])[0]
             m = None if maps is None else maps[i, : self._num_queries(requests[i])].numpy()
-            results.append((img, m, failure, extra))
+            results.append(_Decoded(img, m, failure, extra))
+        if self.clip is not None:
+            self._clip_check(requests, results)
         return results
+
+    def _clip_check(self, requests: Sequence[GenRequest], results: list[_Decoded]) -> None:
+        """CLIP-score the images that passed so far, in one call padded to `batch_size` rows
+        (a fixed shape: a score does not depend on its batch-mates); low scores fail."""
+        assert self.clip is not None
+        todo = [i for i, r in enumerate(results) if r.failure is None]
+        if not todo:
+            return
+        images = [results[i].image for i in todo]
+        texts = [requests[i].clip_text or requests[i].prompt for i in todo]
+        pad = max(0, self.params.batch_size - len(todo))
+        scores = self.clip.scores(images + images[-1:] * pad, texts + texts[-1:] * pad)
+        for i, score in zip(todo, scores[: len(todo)], strict=True):
+            results[i].clip_score = float(score)
+            results[i].failure = self.clip.failure_of(float(score))
 
     def _clock(self) -> float:
         import time

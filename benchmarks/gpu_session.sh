@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU checks of this project, in phases that each fit one 10-minute call on a lent GPU
+# machine (Python 3.12 with torch; the other packages travel as wheels in ./.whl, fetched here
+# with `bash ../shared/gpu/fetch-wheels.sh`). Results go to $OUT (or ./gpu-out).
+#
+#   bash benchmarks/gpu_session.sh tests            # pytest -m gpu (tests/test_gpu.py), ~3 min
+#   bash benchmarks/gpu_session.sh ladder 5,8,9,10  # diffusion ladder rungs (--list numbers them)
+#   bash benchmarks/gpu_session.sh ladder 11        # max-autotune compiles alone take minutes
+#
+# Each phase builds the random-weight SD 1.5 model again: a machine starts bare on each call.
+set -euo pipefail
+phase=${1:?usage: gpu_session.sh tests|ladder RUNGS}
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/sv-site .whl/*.whl
+  export PYTHONPATH=/tmp/sv-site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt" || true
+case "$phase" in
+  tests)
+    python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gpu.py 2>&1 \
+      | tee "$out/gpu-tests.log"
+    ;;
+  ladder)
+    rungs=${2:?ladder needs rung numbers, e.g. 5,8,9}
+    python3 benchmarks/diffusion_ladder.py --rungs "$rungs" --out "$out/ladder-${rungs//,/-}.json" \
+      2>&1 | grep -v -e "Warning" -e "warn_once" -e "^ *$" | tee "$out/ladder-${rungs//,/-}.log"
+    ;;
+  *)
+    echo "unknown phase $phase (tests | ladder RUNGS)" >&2
+    exit 2
+    ;;
+esac
