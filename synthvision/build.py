@@ -273,29 +273,43 @@ def generate_shard(
         )
         writer.write(out_index, encoded, suffix, _record(item, split, spec))
 
+    def submit(samples: list[Sample]) -> None:
+        if labeler is not None:
+            samples = labeler.label(samples)
+        for sample in samples:
+            split = jobs[sample.index].split
+            rejected = sample.metadata.get("rejected")
+            if rejected:  # failed every retry: recorded and counted, never labeled
+                for out_index in range(sample.index * k, (sample.index + 1) * k):
+                    if out_index in wanted:
+                        background.submit(
+                            writer.write_rejected,
+                            out_index,
+                            split,
+                            str(rejected),
+                            sample.metadata,
+                        )
+                continue
+            for out_index, item in augmentation.items(sample, wanted):
+                background.submit(write_item, out_index, item, split)
+
     background = _OrderedWriter(tick, max_pending=2 * batch_size)
+    # Generators with `generate_async` (the diffusion scenes) label a batch on threads while
+    # the next batch generates: one batch is in flight.
+    start_batch = getattr(generator, "generate_async", None)
+    in_flight: Callable[[], list[Sample]] | None = None
     try:
         for start in range(0, len(todo_jobs), batch_size):
             batch = [jobs[g] for g in todo_jobs[start : start + batch_size]]
-            samples = generator.generate(batch)
-            if labeler is not None:
-                samples = labeler.label(samples)
-            for sample in samples:
-                split = jobs[sample.index].split
-                rejected = sample.metadata.get("rejected")
-                if rejected:  # failed every retry: recorded and counted, never labeled
-                    for out_index in range(sample.index * k, (sample.index + 1) * k):
-                        if out_index in wanted:
-                            background.submit(
-                                writer.write_rejected,
-                                out_index,
-                                split,
-                                str(rejected),
-                                sample.metadata,
-                            )
-                    continue
-                for out_index, item in augmentation.items(sample, wanted):
-                    background.submit(write_item, out_index, item, split)
+            if start_batch is None:
+                submit(generator.generate(batch))
+                continue
+            started = start_batch(batch)
+            if in_flight is not None:
+                submit(in_flight())
+            in_flight = started
+        if in_flight is not None:
+            submit(in_flight())
     finally:
         try:
             background.close()  # every submitted item is on disk (or its error raised)

@@ -93,3 +93,35 @@ def test_label_threads_do_not_change_the_dataset(tmp_path: Path) -> None:
         assert manifest["counts"]["instances"]["total"] > 0
         digests.append(dataset_digests(out))
     assert digests[0] == digests[1]
+
+
+def test_labeling_while_the_next_batch_generates_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build keeps one batch in flight (`generate_async`): its bytes, retries included, are
+    those of a build that generates and labels one batch after the other."""
+    from tests.helpers import dataset_digests
+
+    params = {"model": tiny_models.sd_model(), **PIPE, "min_instances": 2, "max_retries": 1}
+    spec = _spec(num_images=7, scene={"name": "diffusion-attention", "params": params})
+
+    class OneAfterTheOther:  # only `generate`: the build cannot pipeline it
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def generate(self, jobs: Any) -> Any:
+            return self.inner.generate(jobs)
+
+    make = build_mod.create_scene_generator
+    results = {}
+    for mode in ("pipelined", "sequential"):
+        if mode == "sequential":
+            monkeypatch.setattr(
+                build_mod, "create_scene_generator", lambda s: OneAfterTheOther(make(s))
+            )
+        out = tmp_path / mode
+        build_mod.build(spec, out, batch_size=2, show_progress=False)
+        counts = json.loads((out / "manifest.json").read_text())["counts"]
+        results[mode] = (dataset_digests(out), counts["retries"], counts["rejected_images"])
+    assert results["pipelined"][1] > 0  # the case does exercise retries
+    assert results["pipelined"] == results["sequential"]

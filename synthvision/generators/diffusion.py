@@ -25,6 +25,7 @@ import os
 import re
 import string
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -553,8 +554,7 @@ class DiffusionEngine:
         # Seconds per phase (denoise / decode / checks); `profile` syncs the GPU for exact splits.
         self.timings: dict[str, float] = {"denoise": 0.0, "decode": 0.0, "checks": 0.0}
         self.profile = False
-        self._label_pool: Any = None  # ThreadPoolExecutor for `finalize`, made on first use
-        self._label_pool_size = 0
+        self._label_pool: ThreadPoolExecutor | None = None  # runs `finalize`; made on first use
 
     @classmethod
     def from_params(cls, params: PipelineParams, where: str) -> DiffusionEngine:
@@ -591,85 +591,40 @@ class DiffusionEngine:
         self, requests: Sequence[GenRequest], finalize: Finalize | None = None
     ) -> list[GenResult]:
         """Generate every request; failed decodes / finalize failures are retried per policy."""
-        n = len(requests)
-        seeds = [int(r.seed) for r in requests]
-        tried: list[list[int]] = [[s] for s in seeds]
-        retries = [0] * n
-        reasons: list[list[str]] = [[] for _ in range(n)]
-        regenerations = [0] * n
-        results: list[GenResult | None] = [None] * n
-        pending = list(range(n))
-        while pending:
-            current = [replace(requests[i], seed=seeds[i]) for i in pending]
-            outs = self._generate_checked(current)
-            finals = self._finalize_all(finalize, outs, pending)
-            next_pending: list[int] = []
-            for out, i, (payload, final_failure) in zip(outs, pending, finals, strict=True):
-                image, maps = out.image, out.maps
-                retries[i] += out.extra_decodes
-                failure = out.failure or final_failure
-                if failure is None:
-                    results[i] = GenResult(
-                        image,
-                        maps,
-                        seeds[i],
-                        tried[i],
-                        retries[i],
-                        reasons[i],
-                        None,
-                        payload,
-                        out.clip_score,
-                    )
-                    continue
-                reasons[i].append(failure)
-                if regenerations[i] < self.policy.max_retries:
-                    regenerations[i] += 1
-                    retries[i] += 1
-                    seeds[i] = retry_seed(requests[i].seed, regenerations[i])
-                    tried[i].append(seeds[i])
-                    next_pending.append(i)
-                else:
-                    results[i] = GenResult(
-                        image, maps, seeds[i], tried[i], retries[i], reasons[i], failure, None
-                    )
-            pending = next_pending
-        return [r for r in results if r is not None]
+        return self.start(requests, finalize).result()
+
+    def start(self, requests: Sequence[GenRequest], finalize: Finalize | None = None) -> EngineRun:
+        """Generate and decode `requests` now; `finalize` them on the label threads meanwhile.
+
+        `result()` of the returned run waits for the labels and does any retries. Between the
+        two calls the GPU can work on the next batch, so labeling overlaps generation.
+        """
+        return EngineRun(self, requests, finalize)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _finalize_all(
+    def _submit_finalize(
         self, finalize: Finalize | None, outs: Sequence[_Decoded], indices: Sequence[int]
-    ) -> list[tuple[Any, str | None]]:
-        """`finalize` of every decoded image that passed its checks, (None, None) for the rest.
+    ) -> list[Future[tuple[Any, str | None]] | None]:
+        """Start `finalize` of every decoded image that passed its checks (None for the rest).
 
-        Labels (upsampling, connected components, masks) are numpy/OpenCV work that releases
-        the GIL, so images are finalized on a few threads while the GPU waits: with one thread,
-        a batch of 16 scene images at 512 px would leave the GPU idle for about 0.1 s.
-        Each call depends on its own image only, so the thread count never changes a result.
+        Labels (upsampling, connected components, masks) are numpy/OpenCV work that mostly
+        releases the GIL, so they run on a few threads while the GPU goes on. Each call depends
+        on its own image only: the thread count never changes a result.
         """
-        todo = [k for k, out in enumerate(outs) if out.failure is None and finalize is not None]
-        finals: list[tuple[Any, str | None]] = [(None, None)] * len(outs)
-        if not todo or finalize is None:
-            return finals
+        if finalize is None:
+            return [None] * len(outs)
+        pool = self._labels_pool()
+        return [
+            None if out.failure is not None else pool.submit(finalize, i, out.image, out.maps)
+            for out, i in zip(outs, indices, strict=True)
+        ]
 
-        def one(k: int) -> tuple[Any, str | None]:
-            return finalize(indices[k], outs[k].image, outs[k].maps)
-
-        workers = min(len(todo), self.params.label_threads or default_label_threads())
-        if workers <= 1:
-            done = [one(k) for k in todo]
-        else:
-            if self._label_pool is None or self._label_pool_size < workers:
-                from concurrent.futures import ThreadPoolExecutor
-
-                if self._label_pool is not None:
-                    self._label_pool.shutdown(wait=True)
-                self._label_pool = ThreadPoolExecutor(workers, thread_name_prefix="sv-labels")
-                self._label_pool_size = workers
-            done = list(self._label_pool.map(one, todo))
-        for k, result in zip(todo, done, strict=True):
-            finals[k] = result
-        return finals
+    def _labels_pool(self) -> ThreadPoolExecutor:
+        if self._label_pool is None:
+            workers = self.params.label_threads or default_label_threads()
+            self._label_pool = ThreadPoolExecutor(workers, thread_name_prefix="sv-labels")
+        return self._label_pool
 
     def _generate_checked(self, requests: Sequence[GenRequest]) -> list[_Decoded]:
         """Each request decoded and checked, in padded batches by size."""
@@ -844,6 +799,74 @@ class DiffusionEngine:
         pipe = self.loaded.pipe
         _, flags = pipe.run_safety_checker(decoded, self.loaded.device, decoded.dtype)
         return "nsfw" if flags is not None and any(flags) else None
+
+
+class EngineRun:
+    """Requests in flight: decoded, with their labels being computed (`DiffusionEngine.start`)."""
+
+    def __init__(
+        self, engine: DiffusionEngine, requests: Sequence[GenRequest], finalize: Finalize | None
+    ) -> None:
+        n = len(requests)
+        self.engine = engine
+        self.requests = requests
+        self.finalize = finalize
+        self.seeds = [int(r.seed) for r in requests]
+        self.tried: list[list[int]] = [[s] for s in self.seeds]
+        self.retries = [0] * n
+        self.reasons: list[list[str]] = [[] for _ in range(n)]
+        self.regenerations = [0] * n
+        self.results: list[GenResult | None] = [None] * n
+        self._launch(list(range(n)))
+
+    def _launch(self, pending: list[int]) -> None:
+        current = [replace(self.requests[i], seed=self.seeds[i]) for i in pending]
+        self.pending = pending
+        self.outs = self.engine._generate_checked(current) if pending else []
+        self.finals = self.engine._submit_finalize(self.finalize, self.outs, pending)
+
+    def result(self) -> list[GenResult]:
+        """Every request's result, in order (waits for labels; generates the retries)."""
+        policy = self.engine.policy
+        while self.pending:
+            next_pending: list[int] = []
+            for out, i, fut in zip(self.outs, self.pending, self.finals, strict=True):
+                payload, final_failure = (None, None) if fut is None else fut.result()
+                self.retries[i] += out.extra_decodes
+                failure = out.failure or final_failure
+                if failure is None:
+                    self.results[i] = GenResult(
+                        out.image,
+                        out.maps,
+                        self.seeds[i],
+                        self.tried[i],
+                        self.retries[i],
+                        self.reasons[i],
+                        None,
+                        payload,
+                        out.clip_score,
+                    )
+                    continue
+                self.reasons[i].append(failure)
+                if self.regenerations[i] < policy.max_retries:
+                    self.regenerations[i] += 1
+                    self.retries[i] += 1
+                    self.seeds[i] = retry_seed(self.requests[i].seed, self.regenerations[i])
+                    self.tried[i].append(self.seeds[i])
+                    next_pending.append(i)
+                else:
+                    self.results[i] = GenResult(
+                        out.image,
+                        out.maps,
+                        self.seeds[i],
+                        self.tried[i],
+                        self.retries[i],
+                        self.reasons[i],
+                        failure,
+                        None,
+                    )
+            self._launch(next_pending)
+        return [r for r in self.results if r is not None]
 
 
 def resize_rgb(image: npt.NDArray[np.uint8], size_hw: tuple[int, int]) -> npt.NDArray[np.uint8]:

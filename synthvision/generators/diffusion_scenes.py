@@ -10,7 +10,7 @@ than `min_instances` are found is generated again with a new seed (then rejected
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -140,12 +140,16 @@ class DiffusionAttentionScenes:
         return (image, inst), None
 
     def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
+        return self.generate_async(jobs)()
+
+    def generate_async(self, jobs: Sequence[ImageJob]) -> Callable[[], list[Sample]]:
+        """Generate now, label in the background; the returned call gives the samples."""
         built = [self.prompts.build(job, self.engine, self.params.negative_prompt) for job in jobs]
-        results = self.engine.run(
+        run = self.engine.start(
             [g for g, _ in built], finalize=lambda i, img, maps: self._labels(jobs[i], img, maps)
         )
         metadata = [md for _, md in built]
-        return scene_samples(self.name, "cross-attention", jobs, metadata, results)
+        return lambda: scene_samples(self.name, "cross-attention", jobs, metadata, run.result())
 
 
 @SCENE_GENERATORS.register("diffusion-attention", DiffusionSceneParams)

@@ -13,7 +13,7 @@ batches of different layouts in one UNet call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
@@ -210,13 +210,17 @@ class GligenScenes:
         return (image, Instances(boxes[keep], ids[keep], masks=masks[keep])), None
 
     def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
+        return self.generate_async(jobs)()
+
+    def generate_async(self, jobs: Sequence[ImageJob]) -> Callable[[], list[Sample]]:
+        """Generate now, label in the background; the returned call gives the samples."""
         built = [self._request(job) for job in jobs]
-        results = self.engine.run(
+        run = self.engine.start(
             [g for g, _, _ in built],
             finalize=lambda i, img, maps: self._labels(jobs[i], built[i][2], img, maps),
         )
         metadata = [md for _, md, _ in built]
-        return scene_samples(self.name, "layout", jobs, metadata, results)
+        return lambda: scene_samples(self.name, "layout", jobs, metadata, run.result())
 
 
 @SCENE_GENERATORS.register("gligen", GligenParams)
