@@ -834,37 +834,27 @@ class EngineRun:
                 payload, final_failure = (None, None) if fut is None else fut.result()
                 self.retries[i] += out.extra_decodes
                 failure = out.failure or final_failure
-                if failure is None:
-                    self.results[i] = GenResult(
-                        out.image,
-                        out.maps,
-                        self.seeds[i],
-                        self.tried[i],
-                        self.retries[i],
-                        self.reasons[i],
-                        None,
-                        payload,
-                        out.clip_score,
-                    )
-                    continue
-                self.reasons[i].append(failure)
-                if self.regenerations[i] < policy.max_retries:
-                    self.regenerations[i] += 1
-                    self.retries[i] += 1
-                    self.seeds[i] = retry_seed(self.requests[i].seed, self.regenerations[i])
-                    self.tried[i].append(self.seeds[i])
-                    next_pending.append(i)
-                else:
-                    self.results[i] = GenResult(
-                        out.image,
-                        out.maps,
-                        self.seeds[i],
-                        self.tried[i],
-                        self.retries[i],
-                        self.reasons[i],
-                        failure,
-                        None,
-                    )
+                if failure is not None:
+                    self.reasons[i].append(failure)
+                    if self.regenerations[i] < policy.max_retries:
+                        self.regenerations[i] += 1
+                        self.retries[i] += 1
+                        self.seeds[i] = retry_seed(self.requests[i].seed, self.regenerations[i])
+                        self.tried[i].append(self.seeds[i])
+                        next_pending.append(i)
+                        continue
+                kept = failure is None  # else: rejected after its last retry, never labeled
+                self.results[i] = GenResult(
+                    out.image,
+                    out.maps,
+                    self.seeds[i],
+                    self.tried[i],
+                    self.retries[i],
+                    self.reasons[i],
+                    failure,
+                    payload if kept else None,
+                    out.clip_score if kept else None,
+                )
             self._launch(next_pending)
         return [r for r in self.results if r is not None]
 
