@@ -626,8 +626,13 @@ class DiffusionEngine:
             self._label_pool = ThreadPoolExecutor(workers, thread_name_prefix="sv-labels")
         return self._label_pool
 
-    def _generate_checked(self, requests: Sequence[GenRequest]) -> list[_Decoded]:
-        """Each request decoded and checked, in padded batches by size."""
+    def _generate_checked(
+        self,
+        requests: Sequence[GenRequest],
+        on_batch: Callable[[list[int], list[_Decoded]], None] | None = None,
+    ) -> list[_Decoded]:
+        """Each request decoded and checked, in padded batches by size. `on_batch(positions,
+        decoded)` sees each batch as soon as it is decoded (to start its labels early)."""
         out: list[Any] = [None] * len(requests)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, r in enumerate(requests):
@@ -636,8 +641,11 @@ class DiffusionEngine:
         for idx in by_size.values():
             for start in range(0, len(idx), bs):
                 chunk = idx[start : start + bs]
-                for i, res in zip(chunk, self._batch([requests[i] for i in chunk]), strict=True):
+                decoded = self._batch([requests[i] for i in chunk])
+                for i, res in zip(chunk, decoded, strict=True):
                     out[i] = res
+                if on_batch is not None:
+                    on_batch(chunk, decoded)
         return out
 
     def _batch(self, requests: Sequence[GenRequest]) -> list[_Decoded]:
@@ -821,9 +829,19 @@ class EngineRun:
 
     def _launch(self, pending: list[int]) -> None:
         current = [replace(self.requests[i], seed=self.seeds[i]) for i in pending]
+        finals: list[Future[tuple[Any, str | None]] | None] = [None] * len(pending)
+
+        def start_labels(positions: list[int], decoded: list[_Decoded]) -> None:
+            # Labels of this engine batch run while the next one generates.
+            futures = self.engine._submit_finalize(
+                self.finalize, decoded, [pending[k] for k in positions]
+            )
+            for k, fut in zip(positions, futures, strict=True):
+                finals[k] = fut
+
         self.pending = pending
-        self.outs = self.engine._generate_checked(current) if pending else []
-        self.finals = self.engine._submit_finalize(self.finalize, self.outs, pending)
+        self.outs = self.engine._generate_checked(current, start_labels) if pending else []
+        self.finals = finals
 
     def result(self) -> list[GenResult]:
         """Every request's result, in order (waits for labels; generates the retries)."""
