@@ -6,10 +6,12 @@
 #   bash benchmarks/gpu_session.sh tests            # pytest -m gpu (tests/test_gpu.py), ~3 min
 #   bash benchmarks/gpu_session.sh ladder 5,8,9,10  # diffusion ladder rungs (--list numbers them)
 #   bash benchmarks/gpu_session.sh ladder 11        # max-autotune compiles alone take minutes
+#   bash benchmarks/gpu_session.sh cvae             # cVAE training crops/s (shipped model) and
+#                                                   # the cVAE quickstart build on the GPU
 #
 # Each phase builds the random-weight SD 1.5 model again: a machine starts bare on each call.
 set -euo pipefail
-phase=${1:?usage: gpu_session.sh tests|ladder RUNGS}
+phase=${1:?usage: gpu_session.sh tests|ladder RUNGS|cvae}
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 if [ -d .whl ]; then
@@ -31,8 +33,16 @@ case "$phase" in
     python3 benchmarks/diffusion_ladder.py --rungs "$rungs" --out "$out/ladder-${rungs//,/-}.json" \
       2>&1 | grep -v -e "Warning" -e "warn_once" -e "^ *$" | tee "$out/ladder-${rungs//,/-}.log"
     ;;
+  cvae)
+    python3 benchmarks/cvae_throughput.py --device cuda --threads 8 --batch-sizes 64,256,1024 \
+      --crops 8192 2>&1 | tee "$out/cvae-train.log"
+    python3 benchmarks/cvae_throughput.py --device cuda --threads 8 --batch-sizes 256,1024 \
+      --crops 8192 --mixed-precision bf16 2>&1 | tee -a "$out/cvae-train.log"
+    python3 benchmarks/build_throughput.py --counts 1000 --set objects.params.device=cuda \
+      2>&1 | tee "$out/cvae-build.log"
+    ;;
   *)
-    echo "unknown phase $phase (tests | ladder RUNGS)" >&2
+    echo "unknown phase $phase (tests | ladder RUNGS | cvae)" >&2
     exit 2
     ;;
 esac
