@@ -203,11 +203,11 @@ def log(*args: Any) -> None:
 def build_model(root: Path, tiny: bool, device: str) -> str:
     """SD 1.5 layout with random weights, saved (fp16) to `root`; returns the directory."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from diffusers import AutoencoderKL
     from diffusers import UNet2DConditionModel as UNet
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from tests.tiny_models import DEFAULT_WORDS, build_clip_tokenizer
+    from tests.tiny_models import DEFAULT_WORDS, assemble_sd_pipeline, build_clip_tokenizer
 
     words = (*DEFAULT_WORDS, *CLASSES, "persons", "city", "dusk", "rainy", "street")
     tok = CLIPTokenizer.from_pretrained(build_clip_tokenizer(root / "_tok", words))
@@ -216,24 +216,7 @@ def build_model(root: Path, tiny: bool, device: str) -> str:
         unet = UNet(**(TINY_UNET if tiny else SD15_UNET))
         vae = AutoencoderKL(**(TINY_VAE if tiny else SD15_VAE))
         text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT if tiny else SD15_TEXT)))
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_sd_pipeline(unet, vae, text, tok)
     out = root / "sd15-random"
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)  # type: ignore[attr-defined]
     return str(out)

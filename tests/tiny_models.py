@@ -138,19 +138,41 @@ def _text_encoder(seed: int = 0):  # type: ignore[no-untyped-def]
     return CLIPTextModel(cfg).eval()
 
 
+def assemble_sd_pipeline(
+    unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, *, gated: bool = False
+) -> Any:
+    """A Stable Diffusion (or GLIGEN, if `gated`) pipeline of these components with SD's DDIM
+    schedule and no safety checker (shared by the tiny test models and the SD 1.5 benchmark)."""
+    from diffusers import DDIMScheduler, StableDiffusionGLIGENPipeline, StableDiffusionPipeline
+
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    cls: Any = StableDiffusionGLIGENPipeline if gated else StableDiffusionPipeline
+    return cls(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def build_sd_pipeline(out_dir: Path, *, gated: bool = False, seed: int = 0) -> Path:
     """A tiny Stable-Diffusion-layout pipeline (GLIGEN's gated UNet if `gated`) saved to `out_dir`.
 
     Pixel size must be a multiple of 4 (VAE factor 2 x one UNet downsample); 32 px -> 16x16 latent.
     """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionGLIGENPipeline,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -176,29 +198,11 @@ def build_sd_pipeline(out_dir: Path, *, gated: bool = False, seed: int = 0) -> P
         norm_num_groups=8,
         sample_size=32,
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
     tok_dir = build_clip_tokenizer(out_dir / "_tokenizer")
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    cls: Any = StableDiffusionGLIGENPipeline if gated else StableDiffusionPipeline
-    pipe = cls(
-        vae=vae,
-        text_encoder=_text_encoder(seed),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_sd_pipeline(unet, vae, _text_encoder(seed), tokenizer, gated=gated)
     model_dir = out_dir / ("gligen" if gated else "sd")
     pipe.save_pretrained(model_dir, safe_serialization=True)
     return model_dir
