@@ -200,8 +200,14 @@ def log(*args: Any) -> None:
     print(f"[{time.strftime('%H:%M:%S')}]", *args, flush=True)
 
 
-def build_model(root: Path, tiny: bool, device: str) -> str:
-    """SD 1.5 layout with random weights, saved (fp16) to `root`; returns the directory."""
+def build_model(
+    root: Path, tiny: bool, device: str, *, gated: bool = False, words: tuple[str, ...] = ()
+) -> str:
+    """SD 1.5 layout with random weights, saved (fp16) to `root`; returns the directory.
+
+    `gated`: GLIGEN's UNet (the same configs with gated self-attention and the box position
+    net), saved as a StableDiffusionGLIGENPipeline. `words`: extra single-token vocabulary.
+    """
     import torch
     from diffusers import AutoencoderKL
     from diffusers import UNet2DConditionModel as UNet
@@ -209,15 +215,17 @@ def build_model(root: Path, tiny: bool, device: str) -> str:
 
     from tests.tiny_models import DEFAULT_WORDS, assemble_sd_pipeline, build_clip_tokenizer
 
-    words = (*DEFAULT_WORDS, *CLASSES, "persons", "city", "dusk", "rainy", "street")
-    tok = CLIPTokenizer.from_pretrained(build_clip_tokenizer(root / "_tok", words))
+    vocab = (*DEFAULT_WORDS, *CLASSES, "persons", "city", "dusk", "rainy", "street", *words)
+    name = "gligen-random" if gated else "sd15-random"
+    tok = CLIPTokenizer.from_pretrained(build_clip_tokenizer(root / f"_tok-{name}", vocab))
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)  # random weights for a benchmark only
-        unet = UNet(**(TINY_UNET if tiny else SD15_UNET))
+        unet_cfg = TINY_UNET if tiny else SD15_UNET
+        unet = UNet(**unet_cfg, attention_type="gated" if gated else "default")
         vae = AutoencoderKL(**(TINY_VAE if tiny else SD15_VAE))
         text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT if tiny else SD15_TEXT)))
-    pipe = assemble_sd_pipeline(unet, vae, text, tok)
-    out = root / "sd15-random"
+    pipe = assemble_sd_pipeline(unet, vae, text, tok, gated=gated)
+    out = root / name
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)  # type: ignore[attr-defined]
     return str(out)
 

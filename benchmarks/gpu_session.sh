@@ -6,12 +6,14 @@
 #   bash benchmarks/gpu_session.sh tests            # pytest -m gpu (tests/test_gpu.py), ~3 min
 #   bash benchmarks/gpu_session.sh ladder 5,8,9,10  # diffusion ladder rungs (--list numbers them)
 #   bash benchmarks/gpu_session.sh ladder 11        # max-autotune compiles alone take minutes
+#   bash benchmarks/gpu_session.sh strategies attention,compose [RUNG]   # each strategy end to
+#   bash benchmarks/gpu_session.sh strategies gligen,detector [RUNG]     # end (default rung 8)
 #   bash benchmarks/gpu_session.sh cvae             # cVAE training crops/s (shipped model) and
 #                                                   # the cVAE quickstart build on the GPU
 #
 # Each phase builds the random-weight SD 1.5 model again: a machine starts bare on each call.
 set -euo pipefail
-phase=${1:?usage: gpu_session.sh tests|ladder RUNGS|cvae}
+phase=${1:?usage: gpu_session.sh tests|ladder RUNGS|strategies NAMES [RUNG]|cvae}
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 if [ -d .whl ]; then
@@ -33,6 +35,14 @@ case "$phase" in
     python3 benchmarks/diffusion_ladder.py --rungs "$rungs" --out "$out/ladder-${rungs//,/-}.json" \
       2>&1 | grep -v -e "Warning" -e "warn_once" -e "^ *$" | tee "$out/ladder-${rungs//,/-}.log"
     ;;
+  strategies)
+    names=${2:?strategies needs names, e.g. attention,compose}
+    rung=${3:-8}
+    python3 benchmarks/diffusion_strategies.py --strategies "$names" --rung "$rung" \
+      --out "$out/strategies-${names//,/-}-r$rung.json" 2>&1 \
+      | grep -v -e "Warning" -e "warn_once" -e "deprecated" -e "Loading" -e "^ *$" \
+      | tee "$out/strategies-${names//,/-}-r$rung.log"
+    ;;
   cvae)
     python3 benchmarks/cvae_throughput.py --device cuda --threads 8 --batch-sizes 64,256,1024 \
       --crops 8192 2>&1 | tee "$out/cvae-train.log"
@@ -42,7 +52,7 @@ case "$phase" in
       2>&1 | tee "$out/cvae-build.log"
     ;;
   *)
-    echo "unknown phase $phase (tests | ladder RUNGS | cvae)" >&2
+    echo "unknown phase $phase (tests | ladder RUNGS | strategies NAMES [RUNG] | cvae)" >&2
     exit 2
     ;;
 esac

@@ -86,6 +86,10 @@ def test_tiny_owlv2_labels_and_verifies(owl: str) -> None:
     again = lab.label(samples[:1])[0]
     np.testing.assert_array_equal(again.instances.xyxy, out[0].instances.xyxy)
 
+    # A second labeler of the same model (another build in this process) reuses the loaded
+    # weights instead of reading them again; other query settings do not matter for loading.
+    assert verify_model_is(lab, owl, names)
+
     verify = LABELERS.create(
         "detector",
         {"model": owl, "mode": "verify", "threshold": 1.0},
@@ -111,3 +115,12 @@ def test_detector_errors_are_spec_errors(tmp_path, owl: str) -> None:  # type: i
             "labeler",
             class_names=["cat"],
         )
+
+
+def verify_model_is(lab: det.DetectorLabeler, owl: str, names: list[str]) -> bool:
+    other = LABELERS.create(
+        "detector", {"model": owl, "threshold": 0.9, "mode": "verify"}, "labeler", class_names=names
+    )
+    det.clear_detector_cache()
+    fresh = LABELERS.create("detector", {"model": owl}, "labeler", class_names=names)
+    return other.model is lab.model and fresh.model is not lab.model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -66,8 +65,6 @@ def test_strategy_builds_a_valid_dataset(strategy: str, tmp_path: Path) -> None:
 
 
 def test_detector_labeler_in_a_build(tmp_path: Path) -> None:
-    if "labeler" not in inspect.getsource(build_mod):
-        pytest.skip("build.py does not apply spec.labeler yet")
     spec = _spec(
         scene={"name": "diffusion-attention", "params": {"model": tiny_models.sd_model(), **PIPE}},
         labeler={

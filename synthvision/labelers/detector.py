@@ -14,6 +14,7 @@ Modes:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -107,6 +108,45 @@ def postprocess(
     return Instances(b[sel].astype(np.float32), cls[sel], scores=score[sel].astype(np.float32))
 
 
+# Loaded detectors by load parameters: a second build in the same process (a notebook, a
+# benchmark) reuses the model, as diffusion pipelines are reused.
+_DETECTORS: dict[str, tuple[Any, Any]] = {}
+
+
+def clear_detector_cache() -> None:
+    """Drop cached detectors (frees GPU memory once no labeler holds them)."""
+    _DETECTORS.clear()
+
+
+def _load(params: DetectorParams, device: str, dtype: Any, where: str) -> tuple[Any, Any]:
+    """(processor, model in eval mode on `device` in `dtype`); SpecError with one line."""
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    loads = (params.model, params.revision, params.use_safetensors, params.local_files_only)
+    key = json.dumps([*loads, device, str(dtype)])
+    if key in _DETECTORS:
+        return _DETECTORS[key]
+    try:
+        processor = AutoProcessor.from_pretrained(
+            params.model, revision=params.revision, local_files_only=params.local_files_only
+        )
+        model = AutoModelForZeroShotObjectDetection.from_pretrained(
+            params.model,
+            revision=params.revision,
+            use_safetensors=params.use_safetensors,
+            local_files_only=params.local_files_only,
+        )
+    except (OSError, ValueError) as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        raise SpecError(
+            f"{where}.model: could not load detector {params.model!r}: "
+            f"{lines[0] if lines else type(exc).__name__}"
+        ) from None
+    model.to(device, dtype).eval()
+    _DETECTORS[key] = (processor, model)
+    return processor, model
+
+
 class DetectorLabeler:
     """OWLv2 / OWL-ViT / Grounding DINO labeler over a batch of samples."""
 
@@ -118,7 +158,6 @@ class DetectorLabeler:
         where: str = "labeler.params",
     ) -> None:
         import torch
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         from synthvision.devices import resolve_device
         from synthvision.generators.diffusion import class_phrase, resolve_dtype
@@ -134,23 +173,7 @@ class DetectorLabeler:
         check_model_path(params.model, f"{where}.model")
         self.device = resolve_device(params.device)
         self.dtype = resolve_dtype(params.dtype, self.device)
-        try:
-            self.processor = AutoProcessor.from_pretrained(
-                params.model, revision=params.revision, local_files_only=params.local_files_only
-            )
-            self.model = AutoModelForZeroShotObjectDetection.from_pretrained(
-                params.model,
-                revision=params.revision,
-                use_safetensors=params.use_safetensors,
-                local_files_only=params.local_files_only,
-            )
-        except (OSError, ValueError) as exc:
-            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-            raise SpecError(
-                f"{where}.model: could not load detector {params.model!r}: "
-                f"{lines[0] if lines else type(exc).__name__}"
-            ) from None
-        self.model.to(self.device, self.dtype).eval()
+        self.processor, self.model = _load(params, self.device, self.dtype, where)
         self.family = str(self.model.config.model_type)
         if self.family not in ("owlv2", "owlvit") and "grounding" not in self.family:
             raise SpecError(
