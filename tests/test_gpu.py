@@ -50,9 +50,10 @@ def _requests(engine: dif.DiffusionEngine, seeds: list[int]) -> list[dif.GenRequ
     return out
 
 
-def _scene_spec(size: int = 32, **params: Any) -> Spec:
+def _scene_spec(size: int = 32, labeler: dict[str, Any] | None = None, **params: Any) -> Spec:
     return parse_spec(
         {
+            **({"labeler": labeler} if labeler else {}),
             "name": "gpu-tier",
             "seed": 11,
             "num_images": 8,
@@ -129,6 +130,23 @@ def test_build_on_cuda_is_valid_and_reproducible(tmp_path: Path) -> None:
         assert validate_dataset(out) == []
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["counts"]["images"]["total"] == 8
+        digests.append(dataset_digests(out))
+    assert digests[0] == digests[1]
+
+
+def test_detector_preprocesses_and_labels_on_cuda(tmp_path: Path) -> None:
+    """OWLv2 resizes and pads on the GPU; its labels on a build are valid and reproducible."""
+    from synthvision.labelers.detector import DetectorLabeler, DetectorParams
+
+    params = {"model": tiny_models.owlv2_model(), "threshold": 0.0, "device": DEVICE}
+    lab = DetectorLabeler(DetectorParams(**params), ["cat", "dog"])
+    assert lab._processor_device == {"device": DEVICE}
+    digests = []
+    for run in ("a", "b"):
+        spec = _scene_spec(labeler={"name": "detector", "params": params}, min_instances=0)
+        out = tmp_path / run
+        build_mod.build(spec, out, batch_size=4, show_progress=False)
+        assert validate_dataset(out) == []
         digests.append(dataset_digests(out))
     assert digests[0] == digests[1]
 

@@ -191,6 +191,11 @@ class DetectorLabeler:
                 self.query_texts.append(t)
                 self.query_class.append(c)
         self._torch = torch
+        # torchvision image processors resize and pad on the model's device: OWLv2's resize to
+        # 960 px costs ~19 ms per 512 px image on a CPU core, against ~0.13 s of GPU time per image.
+        image_proc = getattr(self.processor, "image_processor", None)
+        accepts = getattr(getattr(image_proc, "valid_kwargs", None), "__annotations__", {})
+        self._processor_device = {"device": self.device} if "device" in accepts else {}
 
     # -- model-specific scoring --------------------------------------------------------------
 
@@ -198,7 +203,10 @@ class DetectorLabeler:
         """Per image: (boxes (P, 4) px, class scores (P, C))."""
         torch = self._torch
         inputs = self.processor(
-            text=[self.query_texts] * len(images), images=images, return_tensors="pt"
+            text=[self.query_texts] * len(images),
+            images=images,
+            return_tensors="pt",
+            **self._processor_device,
         ).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
@@ -223,7 +231,12 @@ class DetectorLabeler:
             spans.append((start, len(caption)))
             caption += " . "
         caption = caption.strip()
-        inputs = self.processor(images=images, text=[caption] * len(images), return_tensors="pt")
+        inputs = self.processor(
+            images=images,
+            text=[caption] * len(images),
+            return_tensors="pt",
+            **self._processor_device,
+        )
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         enc = self.processor.tokenizer(caption, return_offsets_mapping=True)
