@@ -6,7 +6,8 @@ package's real loading path. Work per image is what matters for speed, and it is
 
 Ladder (512x512, 25 steps, classifier-free guidance 7.5; `--list` prints the rungs):
     fp32 -> bf16 -> +SDPA -> +batching (1, 4, 16) -> +torch.compile
-    then fused QKV projections, batch 32, autotuned kernels (max-autotune, inductor tuning)
+    then fused QKV projections, batch 32, autotuned kernels (max-autotune, inductor tuning),
+    cuDNN's conv algorithm search, cuDNN attention
 Each rung reports
     gen      images/s of generation + VAE decode + decode checks (no capture),
     capture  the same with cross-attention capture on (its overhead vs gen),
@@ -130,6 +131,7 @@ class Rung:
     # cuDNN times its conv algorithms per shape (global). Not a package default: the choice can
     # differ between processes, and so can the bits of an image.
     cudnn_benchmark: bool = False
+    sdpa_backend: str = "auto"  # SDPA kernel tried first (the package's `sdpa_backend`)
 
 
 # Rung 8 with fused attention projections: the base of the rungs past the ladder.
@@ -155,6 +157,7 @@ LADDER = [
     ),
     replace(FUSED, name=f"{FUSED.name}+inductor tuning", inductor_tuning=True),
     replace(FUSED, name=f"{FUSED.name}+cudnn.benchmark", cudnn_benchmark=True),
+    replace(FUSED, name=f"{FUSED.name}+cuDNN attention", sdpa_backend="cudnn"),
 ]
 
 
@@ -279,6 +282,7 @@ def scene_params(model: str, rung: Rung, steps: int) -> dict[str, Any]:
         "compile_mode": rung.compile_mode,
         "channels_last": rung.channels_last,
         "fuse_qkv": rung.fuse_qkv,
+        "sdpa_backend": rung.sdpa_backend,
         "steps": steps,
         "guidance_scale": 7.5,
         # Random weights make odd-looking images: keep every sample (no retries, no rejects).

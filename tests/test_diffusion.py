@@ -128,6 +128,47 @@ def test_fused_projections_generate_the_same_labeled_scenes(attention_gen: Any) 
     assert sum(len(s.instances) for s in got) == sum(len(s.instances) for s in want)
 
 
+def test_sdpa_preference_puts_the_backend_first_and_restores_the_order() -> None:
+    import torch
+    from torch.nn.attention import SDPBackend
+
+    order = torch._C._get_sdp_priority_order  # what SDPA consults to pick its kernel
+    before = list(order())
+    assert before[0] == int(SDPBackend.FLASH_ATTENTION)  # torch's own order: cuDNN comes last
+    with dif.sdpa_preference("cudnn"):
+        assert order()[0] == int(SDPBackend.CUDNN_ATTENTION)
+        # Shapes cuDNN cannot serve still have the usual kernels, in their usual order.
+        enabled = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
+        assert enabled == (True, True)
+    assert list(order()) == before
+    with dif.sdpa_preference("auto"):
+        assert list(order()) == before
+
+
+def test_sdpa_backend_is_used_for_generation(attention_gen: Any) -> None:
+    """A preferred SDPA kernel applies to each batch; on a CPU (no cuDNN attention) the images
+    are those of the default order."""
+    gen = make(scene_spec("diffusion-attention", tiny_models.sd_model(), sdpa_backend="cudnn"))
+    assert gen.engine.loaded is not attention_gen.engine.loaded  # kernels differ: own pipeline
+    seen: list[int] = []
+    real = gen.engine._latents
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        seen.append(int(torch._C._get_sdp_priority_order()[0]))
+        return real(*args, **kwargs)
+
+    gen.engine._latents = spy  # type: ignore[method-assign]
+    jobs = make_plan(gen.spec)[:2]
+    got, want = gen.generate(jobs), attention_gen.generate(jobs)
+    from torch.nn.attention import SDPBackend
+
+    assert seen and set(seen) == {int(SDPBackend.CUDNN_ATTENTION)}
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.image, w.image)
+
+
 def test_gligen_scenes_are_valid_with_layout_labels() -> None:
     spec = scene_spec("gligen", tiny_models.gligen_model())
     gen = make(spec)
@@ -279,6 +320,17 @@ def test_bad_params_are_spec_errors() -> None:
                 "diffusion-attention", tiny_models.sd_model(), attention="eager", fuse_qkv=True
             )
         )
+    with pytest.raises(SpecError, match=r"sdpa_backend: needs attention: sdpa"):
+        make(
+            scene_spec(
+                "diffusion-attention",
+                tiny_models.sd_model(),
+                attention="eager",
+                sdpa_backend="cudnn",
+            )
+        )
+    with pytest.raises(SpecError, match=r"sdpa_backend"):
+        make(scene_spec("diffusion-attention", tiny_models.sd_model(), sdpa_backend="fast"))
     with pytest.raises(SpecError, match=r"must mention the class"):
         dif.DiffusionObjectSource(
             dif.DiffusionObjectParams(model=tiny_models.sd_model(), steps=1),

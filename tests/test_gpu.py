@@ -76,13 +76,16 @@ def _scene_spec(size: int = 32, labeler: dict[str, Any] | None = None, **params:
     )
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_capture_leaves_the_image_bit_identical_on_cuda(dtype: str) -> None:
-    """The capture processor vs diffusers' stock SDPA processor, in half precision on CUDA."""
+@pytest.mark.parametrize(
+    ("dtype", "backend"), [("bfloat16", "auto"), ("float16", "auto"), ("bfloat16", "cudnn")]
+)
+def test_capture_leaves_the_image_bit_identical_on_cuda(dtype: str, backend: str) -> None:
+    """The capture processor vs diffusers' stock SDPA processor, in half precision on CUDA,
+    with torch's attention kernels and with cuDNN attention preferred."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     dif.clear_pipeline_cache()
-    engine = _engine(dtype=dtype)
+    engine = _engine(dtype=dtype, sdpa_backend=backend)
     unet = engine.loaded.pipe.unet
     assert engine.loaded.device.startswith(DEVICE) and unet.dtype == getattr(torch, dtype)
     reqs = _requests(engine, [0, 1, 2, 3])

@@ -26,6 +26,7 @@ import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -93,6 +94,10 @@ class PipelineParams(BaseModel):
         default=None, description="diffusers scheduler class name, e.g. DPMSolverMultistepScheduler"
     )
     attention: Literal["sdpa", "eager"] = "sdpa"
+    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn"] = Field(
+        default="auto",
+        description="SDPA kernel to prefer (others stay as fallbacks); auto = torch's order",
+    )
     compile: bool = False
     compile_mode: str | None = None
     fuse_qkv: bool = Field(
@@ -151,6 +156,7 @@ class PipelineParams(BaseModel):
             "local_files_only",
             "scheduler",
             "attention",
+            "sdpa_backend",
             "compile",
             "compile_mode",
             "fuse_qkv",
@@ -415,6 +421,8 @@ def load_pipeline(params: PipelineParams, where: str, pipeline_class: Any = None
 
             if params.fuse_qkv:
                 raise SpecError(f"{where}.fuse_qkv: needs attention: sdpa (got eager)")
+            if params.sdpa_backend != "auto":
+                raise SpecError(f"{where}.sdpa_backend: needs attention: sdpa (got eager)")
             unet.set_attn_processor(AttnProcessor())
         else:
             if params.fuse_qkv:
@@ -457,6 +465,26 @@ def fuse_projections(unet: Any, where: str) -> None:
         fuse()
     except ValueError as exc:  # e.g. added-KV attention (unCLIP-style UNets)
         raise SpecError(f"{where}.fuse_qkv: {_first_line(exc)}") from None
+
+
+def sdpa_preference(backend: str) -> AbstractContextManager[Any]:
+    """Context in which scaled-dot-product attention tries `backend` first, then torch's usual
+    order (flash, efficient, math): shapes the preferred kernel cannot serve fall back to it.
+
+    torch ranks cuDNN attention last, so it is never picked unless asked for; on Hopper it can
+    be the faster kernel for some shapes. "auto" changes nothing.
+    """
+    if backend == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }[backend]
+    usual = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel([first, *(b for b in usual if b != first)], set_priority=True)
 
 
 def _dtype_kwarg() -> str:
@@ -655,10 +683,12 @@ class DiffusionEngine:
         padded = list(requests) + [requests[-1]] * (self.params.batch_size - n)
         capture = any(r.weights is not None for r in requests) and self.loaded.capture_layers > 0
         t0 = self._clock()
-        latents, maps = self._latents(padded, capture)
-        t1 = self._clock()
-        # Decode the whole padded batch: fixed shapes keep each image independent of its mates.
-        decoded = self._decode(latents, fp32=False)[:n]
+        with sdpa_preference(self.params.sdpa_backend):
+            latents, maps = self._latents(padded, capture)
+            t1 = self._clock()
+            # Decode the whole padded batch: fixed shapes keep each image independent of its
+            # mates.
+            decoded = self._decode(latents, fp32=False)[:n]
         t2 = self._clock()
         failures = decode_failures(decoded, self.policy)
         images = to_uint8(decoded)
