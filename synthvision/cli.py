@@ -121,12 +121,15 @@ def build(
     if outputs.get("preview"):
         typer.echo(f"  preview: {out_dir / outputs['preview']}")
     typer.echo(f"  manifest: {out_dir / 'manifest.json'}")
-    rate = m.get("timings_s", {}).get("images_per_s")
+    timings = m.get("timings_s", {})
     if result.generated:
+        # Generation alone (its rate), then the whole run: model loading, merge and preview.
         typer.echo(
-            f"  generated {result.generated} images in {result.seconds:.1f} s ({rate} img/s)"
+            f"  generated {result.generated} images in {timings.get('generate', 0.0):.1f} s "
+            f"({timings.get('images_per_s')} img/s"
             + (f" with {ctx.world_size} processes" if ctx.world_size > 1 else "")
-            + (f", {result.skipped} already done" if result.skipped else "")
+            + f"); {result.seconds:.1f} s in all with loading and merge"
+            + (f"; {result.skipped} already done" if result.skipped else "")
         )
 
 
