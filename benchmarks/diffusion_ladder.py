@@ -30,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -333,7 +333,6 @@ def engine_rate(params: dict[str, Any], n: int, size: int, capture: bool) -> dic
 
 def build_rate(params: dict[str, Any], n: int, size: int, tmp: Path) -> dict[str, Any]:
     """Images/s of `build()` end to end (warm pipeline): generate, label, export, merge."""
-    from synthvision.build import build
     from synthvision.config import parse_spec
 
     def spec(num: int, name: str):  # type: ignore[no-untyped-def]
@@ -350,9 +349,18 @@ def build_rate(params: dict[str, Any], n: int, size: int, tmp: Path) -> dict[str
             }
         )
 
-    bs = params["batch_size"]
+    return timed_build(spec, n, params["batch_size"], tmp)
+
+
+def timed_build(spec: Callable[[int, str], Any], n: int, bs: int, tmp: Path) -> dict[str, Any]:
+    """A warm-up build of one batch (loads models, compiles), then a timed build of `n` images
+    from `spec(num_images, name)`."""
+    from synthvision.build import build
+
+    t0 = time.perf_counter()
     build(spec(bs, "warm"), tmp / "warm", overwrite=True, batch_size=bs, show_progress=False)
     sync()
+    warm = time.perf_counter() - t0
     out = tmp / "timed"
     t0 = time.perf_counter()
     res = build(spec(n, "timed"), out, overwrite=True, batch_size=bs, show_progress=False)
@@ -364,8 +372,25 @@ def build_rate(params: dict[str, Any], n: int, size: int, tmp: Path) -> dict[str
         "images": n,
         "seconds": dt,
         "img_s": n / dt,
+        "warmup_s": warm,
         "instances": counts.get("instances", {}).get("total"),
         "manifest_timings": manifest.get("timings_s"),
+    }
+
+
+def results_header(args: argparse.Namespace, **extra: Any) -> tuple[str, dict[str, Any]]:
+    """(device, the results dict's run description): where, with what, at which settings."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "size": args.size,
+        "steps": args.steps,
+        "guidance_scale": 7.5,
+        "peak_tflops": args.peak_tflops,
+        **extra,
     }
 
 
@@ -418,20 +443,9 @@ def main() -> None:
             print(f"{k:2d}  {rung.name}")
         return
 
-    import torch
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, results = results_header(args, rungs=[])
     tmp = Path(tempfile.mkdtemp(prefix="sv-ladder-"))
-    results: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "size": args.size,
-        "steps": args.steps,
-        "guidance_scale": 7.5,
-        "peak_tflops": args.peak_tflops,
-        "rungs": [],
-    }
 
     def save() -> None:
         if args.out:

@@ -229,32 +229,6 @@ def count_build_flops(spec: Any, out: Path, batch_size: int) -> dict[str, Any]:
     }
 
 
-def timed_build(spec_fn: Callable[[int, str], Any], n: int, bs: int, tmp: Path) -> dict[str, Any]:
-    """Warm-up build of one batch (loads, compiles), then a timed build of `n` images."""
-    from synthvision.build import build
-
-    t0 = time.perf_counter()
-    build(spec_fn(bs, "warm"), tmp / "warm", overwrite=True, batch_size=bs, show_progress=False)
-    ladder.sync()
-    warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = build(
-        spec_fn(n, "timed"), tmp / "timed", overwrite=True, batch_size=bs, show_progress=False
-    )
-    ladder.sync()
-    dt = time.perf_counter() - t0
-    manifest = res.manifest or {}
-    counts = manifest.get("counts", {})
-    return {
-        "images": n,
-        "seconds": dt,
-        "img_s": n / dt,
-        "warmup_s": warm,
-        "instances": counts.get("instances", {}).get("total"),
-        "manifest_timings": manifest.get("timings_s"),
-    }
-
-
 def measure(
     strategy: str, models: dict[str, str], rung: ladder.Rung, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
@@ -277,7 +251,7 @@ def measure(
             import torch
 
             torch._dynamo.reset()
-        e2e = timed_build(strategy_spec(strategy, models, rung, args), n, bs, tmp)
+        e2e = ladder.timed_build(strategy_spec(strategy, models, rung, args), n, bs, tmp)
     clear_caches()
     row = {
         "strategy": strategy,
@@ -327,20 +301,9 @@ def main() -> None:
         ap.error(f"--rung must be 1..{len(ladder.LADDER)}")
     rung = ladder.LADDER[args.rung - 1]
 
-    import torch
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, results = ladder.results_header(args, rung=args.rung, strategies=[])
     tmp = Path(tempfile.mkdtemp(prefix="sv-strategies-"))
-    results: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "size": args.size,
-        "steps": args.steps,
-        "rung": args.rung,
-        "peak_tflops": args.peak_tflops,
-        "strategies": [],
-    }
 
     def save() -> None:
         if args.out:
