@@ -131,6 +131,11 @@ def build(
             + f"); {result.seconds:.1f} s in all with loading and merge"
             + (f"; {result.skipped} already done" if result.skipped else "")
         )
+    elif result.skipped:  # a resumed build whose images were all written: only the merge ran
+        typer.echo(
+            f"  nothing left to generate: {result.skipped} images already done; merged in "
+            f"{result.seconds:.1f} s"
+        )
 
 
 @app.command()

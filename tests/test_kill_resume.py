@@ -43,3 +43,20 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     assert "already done" in rerun.stdout
     assert (out / "manifest.json").exists()
     assert dataset_digests(out) == dataset_digests(ref)
+
+
+def test_killed_after_the_last_image_resumes_with_the_merge_only(tmp_path: Path) -> None:
+    """Killed between the last image and the manifest (e.g. a rank killed while it waited for
+    the merge): the re-run generates nothing, says so, and completes the same dataset."""
+    spec = small_spec(num_images=6)
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec.to_dict()))
+    out = tmp_path / "out"
+    subprocess.run(_cli(spec_path, out), check=True, capture_output=True)
+    want = dataset_digests(out)
+    (out / "manifest.json").unlink()  # every image written, the dataset not marked complete
+    rerun = subprocess.run(_cli(spec_path, out), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "nothing left to generate: 6 images already done" in rerun.stdout
+    assert (out / "manifest.json").exists()
+    assert dataset_digests(out) == want
