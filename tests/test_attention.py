@@ -202,3 +202,23 @@ def test_refine_boxes_with_maps_tightens_inside_the_box() -> None:
         np.array([[40.0, 40.0, 60.0, 60.0]]), maps, (64, 64), threshold=0.5
     )
     np.testing.assert_array_equal(boxes[0], [40, 40, 60, 60])
+
+
+@pytest.mark.parametrize(("dtype", "num_queries"), [(torch.float32, 3), (torch.bfloat16, 11)])
+def test_query_maps_are_the_head_mean_of_weighted_softmax_probabilities(
+    dtype: torch.dtype, num_queries: int
+) -> None:
+    """The fused recording equals the definition: mean over heads of sum_t w_qt softmax_t(q.k);
+    11 queries with head size 8 take two value chunks."""
+    gen = torch.Generator().manual_seed(0)
+    b, h, n, t, d = 2, 3, 20, 9, 8
+    q = torch.randn(b, h, n, d, generator=gen)
+    k = torch.randn(b, h, t, d, generator=gen)
+    w = torch.rand(b, num_queries, t, generator=gen)
+    scale = d**-0.5
+    probs = (q @ k.transpose(-1, -2) * scale).softmax(dim=-1).mean(dim=1)  # (B, N, T)
+    want = w @ probs.transpose(1, 2)  # (B, Q, N)
+    got = attn.query_maps(q.to(dtype), k.to(dtype), w, scale)
+    assert got.dtype == torch.float32 and got.shape == (b, num_queries, n)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)

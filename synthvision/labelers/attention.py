@@ -162,8 +162,8 @@ class CaptureAttnProcessor:
 
     The output path mirrors diffusers' `AttnProcessor2_0` op for op, or `FusedAttnProcessor2_0`
     on layers with fused projections (so images are bit-identical to the stock processor); the
-    recording path recomputes softmax(QK^T) for the conditional
-    half only, in float32, which costs a (HW x T) matmul per head - small next to the UNet.
+    recording path (`query_maps`) attends once more, for the conditional half only, with the
+    query weights as values: a fused (HW x T) attention per head, small next to the UNet.
     """
 
     def __init__(self, store: AttentionStore, name: str) -> None:
@@ -251,11 +251,7 @@ class CaptureAttnProcessor:
         if factor is None:
             return
         # Classifier-free guidance runs [uncond, cond]: the conditional images are the last n_img.
-        q = query[-n_img:].float()
-        k = key[-n_img:].float()
-        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(dim=-1).mean(dim=1)  # (B, N, T)
-        maps = weights.to(probs.device) @ probs.transpose(1, 2)  # (B, Q, N)
-        store.add(factor, maps)
+        store.add(factor, query_maps(query[-n_img:], key[-n_img:], weights, attn.scale))
 
 
 def install_capture(unet: Any, store: AttentionStore) -> int:
@@ -493,3 +489,29 @@ def refine_boxes_with_maps(
         out_masks[i] = m
         out_boxes[i] = box_ops.mask_to_xyxy(m) if m.any() else b[i]
     return out_boxes, out_masks
+
+
+def query_maps(
+    query: torch.Tensor, key: torch.Tensor, weights: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Per-query cross-attention maps (B, Q, N) float32: for each image pixel n, the mean over
+    heads of sum_t weights[b, q, t] * softmax_t(scale * q_n . k_t).
+
+    query (B, H, N, d), key (B, H, T, d); weights (B, Q, T). The weighted sum over tokens is an
+    attention whose values are the weights, so one fused SDPA call computes it without writing
+    the (B, H, N, T) probabilities to memory, in the model's own precision (its attention runs
+    in it too). Values are padded to the head size d, Q columns at a time.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, h, _, d = query.shape
+    w = weights.to(device=query.device, dtype=query.dtype).transpose(1, 2)  # (B, T, Q)
+    out = []
+    for start in range(0, w.shape[2], d):
+        chunk = w[:, :, start : start + d]
+        width = chunk.shape[2]
+        values = F.pad(chunk, (0, d - width)).unsqueeze(1).expand(b, h, -1, d)  # (B, H, T, d)
+        per_head = F.scaled_dot_product_attention(query, key, values, scale=scale)  # (B,H,N,d)
+        out.append(per_head[..., :width].float().mean(dim=1))  # (B, N, width)
+    return torch.cat(out, dim=2).transpose(1, 2)  # (B, Q, N)
