@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -232,8 +233,6 @@ def count_build_flops(spec: Any, out: Path, batch_size: int) -> dict[str, Any]:
 def measure(
     strategy: str, models: dict[str, str], rung: ladder.Rung, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
-    from dataclasses import replace
-
     bs = rung.batch_size
     eager = replace(rung, compile=False, compile_mode=None)
     flops = count_build_flops(
@@ -268,7 +267,8 @@ def measure(
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"device: {results['device']}, {results['size']}x{results['size']}, {results['steps']} "
-        f"steps, CFG 7.5, rung {results['rung']}; peak {results['peak_tflops']:.0f} TFLOP/s",
+        f"steps, CFG 7.5, rung {results['rung']} ({results['rung_name']}); "
+        f"peak {results['peak_tflops']:.0f} TFLOP/s",
         "",
         "| strategy | TFLOP/image | bound img/s | e2e img/s | % of bound | instances |",
         "|---|---|---|---|---|---|",
@@ -286,6 +286,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset")
     ap.add_argument("--rung", type=int, default=8, help="ladder rung (diffusion_ladder.py --list)")
+    ap.add_argument("--batch-size", type=int, default=0, help="override the rung's batch size")
+    ap.add_argument("--dtype", default=None, help="override the rung's dtype (e.g. float32)")
     ap.add_argument("--tiny", action="store_true", help="tiny configs (CPU debugging)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=25)
@@ -300,9 +302,14 @@ def main() -> None:
     if not 1 <= args.rung <= len(ladder.LADDER):
         ap.error(f"--rung must be 1..{len(ladder.LADDER)}")
     rung = ladder.LADDER[args.rung - 1]
+    if args.batch_size or args.dtype:  # e.g. a full-size CPU check: --batch-size 1 --dtype float32
+        bs, dtype = args.batch_size or rung.batch_size, args.dtype or rung.dtype
+        rung = replace(rung, name=f"{rung.name} (batch {bs}, {dtype})", batch_size=bs, dtype=dtype)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    device, results = ladder.results_header(args, rung=args.rung, strategies=[])
+    device, results = ladder.results_header(
+        args, rung=args.rung, rung_name=rung.name, strategies=[]
+    )
     tmp = Path(tempfile.mkdtemp(prefix="sv-strategies-"))
 
     def save() -> None:
