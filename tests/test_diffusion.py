@@ -352,3 +352,22 @@ def test_prompt_helpers() -> None:
     a1 = dif.draw_attributes(t, dif.DEFAULT_ATTRIBUTES, rng1)
     assert a1 == dif.draw_attributes(t, dif.DEFAULT_ATTRIBUTES, rng2)
     assert set(a1) == {"colour", "weather"}
+
+
+@pytest.mark.parametrize("guidance", [0.0, 5.0])
+def test_sdxl_capture_records_every_query_and_leaves_the_image_unchanged(guidance: float) -> None:
+    """SDXL: two text encoders side by side, text-time conditioning, no CFG (Turbo) or CFG."""
+    params = dif.PipelineParams(
+        model=tiny_models.sdxl_model(), steps=2, batch_size=2, guidance_scale=guidance
+    )
+    engine = dif.DiffusionEngine.from_params(params, "scene.params")
+    assert type(engine.loaded.pipe).__name__ == "StableDiffusionXLPipeline"
+    prompt = "a photo of a cat and two dogs"
+    weights, _ = dif.query_weights(
+        engine.loaded.tokenizer, prompt, dif.phrase_spans(prompt, ["cat", "dog"])
+    )
+    captured = engine.run([dif.GenRequest(prompt, "blurry", 3, (32, 32), weights=weights)])[0]
+    plain = engine.run([dif.GenRequest(prompt, "blurry", 3, (32, 32))])[0]
+    np.testing.assert_array_equal(captured.image, plain.image)
+    assert captured.maps is not None and captured.maps.shape == (2, 16, 16)
+    assert (captured.maps.reshape(2, -1).sum(axis=1) > 0).all()

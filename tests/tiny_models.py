@@ -208,6 +208,72 @@ def build_sd_pipeline(out_dir: Path, *, gated: bool = False, seed: int = 0) -> P
     return model_dir
 
 
+def build_sdxl_pipeline(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny Stable Diffusion XL pipeline (two text encoders, text-time conditioning), after
+    diffusers' own SDXL `get_dummy_components`, saved to `out_dir`; 32 px -> 16x16 latent."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + the pooled text (32)
+        cross_attention_dim=64,  # both text encoders' hidden states side by side
+        norm_num_groups=1,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    text_encoder = _text_encoder(seed)
+    cfg = text_encoder.config.to_dict()
+    cfg["projection_dim"] = 32
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg)).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out_dir / "_tokenizer"))
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+    )
+    model_dir = out_dir / "sdxl"
+    pipe.save_pretrained(model_dir, safe_serialization=True)
+    return model_dir
+
+
 def _tiny_clip_towers(max_positions: int) -> dict[str, Any]:
     """Text + vision tower configs shared by the tiny OWLv2 and CLIP models (32 px images)."""
     tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2}
@@ -305,6 +371,11 @@ def sd_model() -> str:
 @functools.cache
 def gligen_model() -> str:
     return str(_isolated(build_sd_pipeline, _root() / "gligen", gated=True))
+
+
+@functools.cache
+def sdxl_model() -> str:
+    return str(_isolated(build_sdxl_pipeline, _root() / "sdxl"))
 
 
 @functools.cache
