@@ -54,7 +54,7 @@ def build(
     spec: Annotated[Path, typer.Argument(help="YAML spec of the dataset (see configs/).")],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Output directory [default: outputs/<spec name>]."),
+        typer.Option("--out", "-o", help="Output directory (default: outputs/<spec name>)."),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -164,7 +164,7 @@ def preview(
     dataset: Annotated[Path, typer.Argument(help="A directory written by `synthvision build`.")],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="PNG to write [default: DATASET/preview.png]."),
+        typer.Option("--out", "-o", help="PNG to write (default: DATASET/preview.png)."),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Only images of this split.")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Number of images in the grid.")] = 16,

@@ -102,3 +102,21 @@ def test_help_is_fast_and_lists_commands() -> None:
         subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
         == "False"
     )
+
+
+def test_help_texts_show_their_defaults() -> None:
+    """Rich reads "[...]" in a help text as markup and drops it: defaults must not vanish."""
+    from typer.testing import CliRunner
+
+    from synthvision.cli import app
+
+    runner = CliRunner()
+    for command, shown in [
+        ("build", "outputs/<spec name>"),
+        ("preview", "DATASET/preview.png"),
+        ("audit", "RUN_DIR/audit"),
+        ("train-cvae", "beside the JSON"),
+    ]:
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert shown in result.output, f"{command} --help lost {shown!r}"

@@ -41,7 +41,10 @@ def audit_command(
     seed: Annotated[int, typer.Option(help="Seed of the generated samples.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="[default: RUN_DIR/audit]")
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Folder for the audit report (default: RUN_DIR/audit)."
+        ),
     ] = None,
     fail_on_flag: Annotated[
         bool, typer.Option(help="Exit with code 1 when memorization is suspected.")

@@ -47,14 +47,14 @@ def train_cvae_command(
         str, typer.Option("--format", help="auto, coco, yolo or procedural.")
     ] = "auto",
     images: Annotated[
-        str, typer.Option(help="COCO image folder [default: ../images beside the JSON].")
+        str, typer.Option(help="COCO image folder (default: ../images beside the JSON).")
     ] = "",
     split: Annotated[str, typer.Option(help="YOLO split (or COCO instances_<split>.json).")] = (
         "train"
     ),
     classes: Annotated[
         list[str] | None,
-        typer.Option(help="Classes to train on, comma-separated or repeated [default: all]."),
+        typer.Option(help="Classes to train on, comma-separated or repeated (default: all)."),
     ] = None,
     min_size: Annotated[int, typer.Option(help="Skip objects smaller than this (px).")] = 16,
     masks: Annotated[
