@@ -76,10 +76,13 @@ def build(
     from synthvision.build import build as run_build
     from synthvision.config import load_spec
     from synthvision.distributed import RankFailedError, process_context, shutdown
+    from synthvision.hub import hide_loading_bars
 
     spec_obj = load_spec(spec, set_ or [])
     out_dir = out if out is not None else Path("outputs") / spec_obj.name
     ctx = process_context()  # one process, or this rank of `accelerate launch` / torchrun
+    if not (progress and ctx.is_main):
+        hide_loading_bars()  # model loading bars too: no output nobody reads
     try:
         result = run_build(
             spec_obj,

@@ -120,3 +120,28 @@ def test_help_texts_show_their_defaults() -> None:
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         assert shown in result.output, f"{command} --help lost {shown!r}"
+
+
+def test_no_progress_also_hides_the_model_loading_bars(tmp_path: Path) -> None:
+    """`--no-progress` (and every rank but the main one) draws no Hugging Face loading bars."""
+    pytest.importorskip("diffusers")
+    from tests import tiny_models
+
+    spec = write_spec(
+        tmp_path,
+        {
+            **small_spec(num_images=2, image_size=[32, 32]).to_dict(),
+            "layout": {"min_area_px": 4, "scale": [0.3, 0.6]},
+            "scene": {
+                "name": "diffusion-attention",
+                "params": {"model": tiny_models.sd_model(), "steps": 1, "min_instances": 0},
+            },
+        },
+    )
+    shown = run("build", str(spec), "--out", str(tmp_path / "a"), "--batch-size", "2")
+    quiet = run(
+        "build", str(spec), "--out", str(tmp_path / "b"), "--batch-size", "2", "--no-progress"
+    )
+    assert shown.returncode == 0 and quiet.returncode == 0, shown.stderr + quiet.stderr
+    assert "Loading pipeline components" in shown.stderr  # the bars this test looks for
+    assert "Loading" not in quiet.stderr and quiet.stderr.strip() == ""

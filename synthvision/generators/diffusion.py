@@ -52,6 +52,7 @@ from synthvision.generators.base import (
     BackgroundRequest,
     CropRequest,
 )
+from synthvision.hub import follow_hub_progress_setting
 from synthvision.labelers import attention as attn_labels
 from synthvision.plan import ImageJob
 from synthvision.structures import Instances, Sample
@@ -389,6 +390,7 @@ def load_pipeline(params: PipelineParams, where: str, pipeline_class: Any = None
         # Off by default: do not even load it (stated in every sample's metadata).
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     loader = pipeline_class or AutoPipelineForText2Image
+    follow_hub_progress_setting()
     try:
         pipe = loader.from_pretrained(params.model, **kwargs)
     except (OSError, ValueError) as exc:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from synthvision import boxes as box_ops
 from synthvision.errors import SpecError
 from synthvision.filters import check_model_path
+from synthvision.hub import follow_hub_progress_setting
 from synthvision.labelers.base import LABELERS
 from synthvision.structures import Instances, Sample
 
@@ -126,6 +127,7 @@ def _load(params: DetectorParams, device: str, dtype: Any, where: str) -> tuple[
     key = json.dumps([*loads, device, str(dtype)])
     if key in _DETECTORS:
         return _DETECTORS[key]
+    follow_hub_progress_setting()
     try:
         processor = AutoProcessor.from_pretrained(
             params.model, revision=params.revision, local_files_only=params.local_files_only
