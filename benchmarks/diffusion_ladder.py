@@ -297,11 +297,12 @@ def scene_params(model: str, rung: Rung, steps: int) -> dict[str, Any]:
 def engine_rate(params: dict[str, Any], n: int, size: int, capture: bool) -> dict[str, Any]:
     """Images/s of the engine alone (generation, decode, checks), capture on or off."""
     from synthvision.generators import diffusion as dif
+    from synthvision.generators import prompts
 
     p = {k: v for k, v in params.items() if k not in ("min_instances", "min_confidence")}
     engine = dif.DiffusionEngine.from_params(dif.PipelineParams(**p), "bench")
     tok = engine.loaded.tokenizer
-    w, _ = dif.query_weights(tok, PROMPT, dif.phrase_spans(PROMPT, CLASSES))
+    w, _ = prompts.query_weights(tok, PROMPT, prompts.phrase_spans(PROMPT, CLASSES))
     reqs = [
         dif.GenRequest(
             PROMPT, "blurry", seed=i, size_hw=(size, size), weights=w if capture else None

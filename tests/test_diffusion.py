@@ -18,8 +18,9 @@ from synthvision.structures import Sample
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from synthvision.generators import SCENE_GENERATORS  # noqa: E402
+from synthvision.generators import SCENE_GENERATORS, prompts  # noqa: E402
 from synthvision.generators import diffusion as dif  # noqa: E402
+from synthvision.generators import diffusion_sources as sources  # noqa: E402
 from synthvision.generators.base import BackgroundRequest, CropRequest  # noqa: E402
 from tests import tiny_models  # noqa: E402
 
@@ -192,8 +193,8 @@ def test_gligen_scenes_are_valid_with_layout_labels() -> None:
 
 
 def test_object_source_returns_rgba_crops_with_object_alpha() -> None:
-    params = dif.DiffusionObjectParams(model=tiny_models.sd_model(), steps=2, batch_size=4)
-    src = dif.DiffusionObjectSource(params, CLASSES)
+    params = sources.DiffusionObjectParams(model=tiny_models.sd_model(), steps=2, batch_size=4)
+    src = sources.DiffusionObjectSource(params, CLASSES)
     reqs = [CropRequest(c, (12, 12), seed=10 + i) for i, c in enumerate(CLASSES)]
     crops = src.crops(reqs)
     assert len(crops) == len(reqs) == len(src.last_metadata)
@@ -208,8 +209,8 @@ def test_object_source_returns_rgba_crops_with_object_alpha() -> None:
 
 
 def test_background_source_exact_size_and_deterministic() -> None:
-    params = dif.DiffusionBackgroundParams(model=tiny_models.sd_model(), steps=2, batch_size=2)
-    src = dif.DiffusionBackgroundSource(params)
+    params = sources.DiffusionBackgroundParams(model=tiny_models.sd_model(), steps=2, batch_size=2)
+    src = sources.DiffusionBackgroundSource(params)
     reqs = [
         BackgroundRequest((30, 44), 1),
         BackgroundRequest((30, 44), 2),
@@ -332,25 +333,27 @@ def test_bad_params_are_spec_errors() -> None:
     with pytest.raises(SpecError, match=r"sdpa_backend"):
         make(scene_spec("diffusion-attention", tiny_models.sd_model(), sdpa_backend="fast"))
     with pytest.raises(SpecError, match=r"must mention the class"):
-        dif.DiffusionObjectSource(
-            dif.DiffusionObjectParams(model=tiny_models.sd_model(), steps=1),
+        sources.DiffusionObjectSource(
+            sources.DiffusionObjectParams(model=tiny_models.sd_model(), steps=1),
             ["cat"],
             {"cat": ["a photo of a dog"]},
         )
 
 
 def test_prompt_helpers() -> None:
-    assert dif.objects_text([1, 0, 0], ["cat", "fire truck"]) == "a fire truck and two cats"
-    assert dif.objects_text([0, 1, 2], ["box", "apple", "puppy"]) == "a box, an apple and a puppy"
-    assert dif.plural("bus") == "buses" and dif.plural("puppy") == "puppies"
+    assert prompts.objects_text([1, 0, 0], ["cat", "fire truck"]) == "a fire truck and two cats"
+    assert (
+        prompts.objects_text([0, 1, 2], ["box", "apple", "puppy"]) == "a box, an apple and a puppy"
+    )
+    assert prompts.plural("bus") == "buses" and prompts.plural("puppy") == "puppies"
     prompt = "two fire trucks and a truck"
-    spans = dif.phrase_spans(prompt, ["truck", "fire truck"])
+    spans = prompts.phrase_spans(prompt, ["truck", "fire truck"])
     assert [prompt[a:b] for a, b in spans[1]] == ["fire trucks"]
     assert [prompt[a:b] for a, b in spans[0]] == ["truck"]
     rng1, rng2 = np.random.default_rng(0), np.random.default_rng(0)
     t = "a {colour} {class} {weather}"
-    a1 = dif.draw_attributes(t, dif.DEFAULT_ATTRIBUTES, rng1)
-    assert a1 == dif.draw_attributes(t, dif.DEFAULT_ATTRIBUTES, rng2)
+    a1 = prompts.draw_attributes(t, prompts.DEFAULT_ATTRIBUTES, rng1)
+    assert a1 == prompts.draw_attributes(t, prompts.DEFAULT_ATTRIBUTES, rng2)
     assert set(a1) == {"colour", "weather"}
 
 
@@ -363,8 +366,8 @@ def test_sdxl_capture_records_every_query_and_leaves_the_image_unchanged(guidanc
     engine = dif.DiffusionEngine.from_params(params, "scene.params")
     assert type(engine.loaded.pipe).__name__ == "StableDiffusionXLPipeline"
     prompt = "a photo of a cat and two dogs"
-    weights, _ = dif.query_weights(
-        engine.loaded.tokenizer, prompt, dif.phrase_spans(prompt, ["cat", "dog"])
+    weights, _ = prompts.query_weights(
+        engine.loaded.tokenizer, prompt, prompts.phrase_spans(prompt, ["cat", "dog"])
     )
     captured = engine.run([dif.GenRequest(prompt, "blurry", 3, (32, 32), weights=weights)])[0]
     plain = engine.run([dif.GenRequest(prompt, "blurry", 3, (32, 32))])[0]

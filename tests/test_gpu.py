@@ -27,6 +27,7 @@ pytestmark = pytest.mark.gpu
 from synthvision import build as build_mod  # noqa: E402
 from synthvision.config import Spec, parse_spec  # noqa: E402
 from synthvision.generators import diffusion as dif  # noqa: E402
+from synthvision.generators import prompts  # noqa: E402
 from synthvision.labelers import attention as attn  # noqa: E402
 from synthvision.validate import validate_dataset  # noqa: E402
 from tests import tiny_models  # noqa: E402
@@ -44,8 +45,8 @@ def _requests(engine: dif.DiffusionEngine, seeds: list[int]) -> list[dif.GenRequ
     out = []
     for s in seeds:
         prompt = PROMPTS[s % len(PROMPTS)]
-        spans = dif.phrase_spans(prompt, ["cat", "dog"])
-        weights, _ = dif.query_weights(engine.loaded.tokenizer, prompt, spans)
+        spans = prompts.phrase_spans(prompt, ["cat", "dog"])
+        weights, _ = prompts.query_weights(engine.loaded.tokenizer, prompt, spans)
         out.append(dif.GenRequest(prompt, "blurry", seed=s, size_hw=(32, 32), weights=weights))
     return out
 

@@ -20,8 +20,8 @@ from synthvision.generators.base import (
 )
 
 OBJECT_SOURCES.register_lazy("cvae", "synthvision.generators.cvae")
-OBJECT_SOURCES.register_lazy("diffusion", "synthvision.generators.diffusion")
-BACKGROUND_SOURCES.register_lazy("diffusion", "synthvision.generators.diffusion")
+OBJECT_SOURCES.register_lazy("diffusion", "synthvision.generators.diffusion_sources")
+BACKGROUND_SOURCES.register_lazy("diffusion", "synthvision.generators.diffusion_sources")
 SCENE_GENERATORS.register_lazy("diffusion-attention", "synthvision.generators.diffusion_scenes")
 SCENE_GENERATORS.register_lazy("gligen", "synthvision.generators.gligen")
 

@@ -1,5 +1,7 @@
-"""Text-to-image diffusion: pipeline loading, prompt templates, batched seeded generation with
-decode checks and retries, and the `diffusion` object and background sources.
+"""Text-to-image diffusion: pipeline loading and batched seeded generation with decode checks
+and retries (`DiffusionEngine`), shared by every diffusion strategy: the `diffusion` object and
+background sources (`diffusion_sources`), attention-labeled scenes (`diffusion_scenes`) and
+GLIGEN layouts (`gligen`). Prompt templates are in `prompts`.
 
 Any diffusers text-to-image pipeline loads through `AutoPipelineForText2Image.from_pretrained`
 from a hub id or a local directory (safetensors by default, no remote code; `HF_HUB_OFFLINE=1`
@@ -22,8 +24,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import re
-import string
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -34,7 +34,6 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synthvision import randomness
 from synthvision.devices import resolve_device
 from synthvision.errors import SpecError
 from synthvision.filters import (
@@ -46,12 +45,7 @@ from synthvision.filters import (
     retry_seed,
     to_uint8,
 )
-from synthvision.generators.base import (
-    BACKGROUND_SOURCES,
-    OBJECT_SOURCES,
-    BackgroundRequest,
-    CropRequest,
-)
+from synthvision.generators.prompts import DEFAULT_ATTRIBUTES
 from synthvision.hub import follow_hub_progress_setting
 from synthvision.labelers import attention as attn_labels
 from synthvision.plan import ImageJob
@@ -63,14 +57,6 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------------------------
-
-DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
-    "colour": ["red", "blue", "green", "yellow", "white", "black", "silver", "orange"],
-    "viewpoint": ["front view", "side view", "three-quarter view", "view from above"],
-    "weather": ["sunny", "rainy", "foggy", "snowy", "overcast"],
-    "time_of_day": ["at noon", "at dusk", "at night", "in the morning"],
-    "place": ["city street", "parking lot", "country road", "park", "living room", "warehouse"],
-}
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -172,112 +158,6 @@ class PipelineParams(BaseModel):
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.black_max, self.blank_std, self.max_retries, self.fp32_vae_retry)
-
-
-# ---------------------------------------------------------------------------------------------
-# Prompt templates
-# ---------------------------------------------------------------------------------------------
-
-_NUMBER_WORDS = ["no", "a", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-
-
-def class_phrase(name: str) -> str:
-    """The words a prompt uses for a class name ("fire_truck" -> "fire truck")."""
-    return name.replace("_", " ").strip()
-
-
-def plural(phrase: str) -> str:
-    """Naive English plural of a phrase's last word."""
-    if phrase.endswith(("s", "x", "z", "ch", "sh")):
-        return phrase + "es"
-    if len(phrase) > 1 and phrase.endswith("y") and phrase[-2] not in "aeiou":
-        return phrase[:-1] + "ies"
-    return phrase + "s"
-
-
-def count_phrase(n: int, phrase: str) -> str:
-    word = _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n)
-    if n == 1 and phrase[:1].lower() in "aeiou":
-        word = "an"
-    return f"{word} {phrase if n == 1 else plural(phrase)}"
-
-
-def objects_text(class_ids: Sequence[int], phrases: Sequence[str]) -> str:
-    """ "a fire truck, two bicycles and a dog" from class ids in plan order."""
-    order: list[int] = []
-    for c in class_ids:
-        if c not in order:
-            order.append(c)
-    parts = [count_phrase(list(class_ids).count(c), phrases[c]) for c in order]
-    if not parts:
-        return "nothing"
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def template_fields(template: str, where: str) -> list[str]:
-    """Field names of a `{name}` template; SpecError on malformed templates."""
-    try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise SpecError(f"{where}: bad prompt template {template!r}: {exc}") from None
-    for f in names:
-        if not f.isidentifier():
-            raise SpecError(f"{where}: template field {{{f}}} must be a plain name like {{colour}}")
-    return names
-
-
-def check_template(template: str, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(template_fields(template, where)) - allowed)
-    if unknown:
-        raise SpecError(
-            f"{where}: unknown template field(s) {', '.join('{' + u + '}' for u in unknown)}; "
-            f"known: {', '.join('{' + a + '}' for a in sorted(allowed))} (add lists under "
-            "attributes to define more)"
-        )
-
-
-def draw_attributes(
-    template: str, attributes: Mapping[str, Sequence[str]], rng: np.random.Generator
-) -> dict[str, str]:
-    """One value per attribute field used in `template`, drawn in sorted field order."""
-    used = sorted({f for f in template_fields(template, "prompt") if f in attributes})
-    return {name: str(attributes[name][int(rng.integers(len(attributes[name])))]) for name in used}
-
-
-def render(template: str, values: Mapping[str, str]) -> str:
-    text = template.format_map(dict(values))
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def phrase_spans(prompt: str, phrases: Sequence[str]) -> list[list[tuple[int, int]]]:
-    """Character spans of each phrase (singular or plural, whole words, any case) in `prompt`.
-
-    Longer phrases claim their characters first, so "truck" does not match inside "fire truck"
-    when both are classes.
-    """
-    claimed = np.zeros(len(prompt) + 1, dtype=bool)
-    spans: list[list[tuple[int, int]]] = [[] for _ in phrases]
-    for q in sorted(range(len(phrases)), key=lambda i: -len(phrases[i])):
-        p = phrases[q]
-        forms = sorted({p, plural(p)}, key=len, reverse=True)
-        pattern = r"(?<![\w])(?:" + "|".join(re.escape(f) for f in forms) + r")(?![\w])"
-        for m in re.finditer(pattern, prompt, flags=re.IGNORECASE):
-            if not claimed[m.start() : m.end()].any():
-                claimed[m.start() : m.end()] = True
-                spans[q].append((m.start(), m.end()))
-    return spans
-
-
-def query_weights(
-    tokenizer: Any, prompt: str, spans: Sequence[Sequence[tuple[int, int]]]
-) -> tuple[npt.NDArray[np.float32], list[list[int]]]:
-    """Attention-query weights (Q, T) for character spans per query, and the token positions."""
-    tokens = [
-        sorted({t for a, b in q_spans for t in attn_labels.token_span(tokenizer, prompt, a, b)})
-        for q_spans in spans
-    ]
-    num_tokens = int(getattr(tokenizer, "model_max_length", 77))
-    return attn_labels.token_weights(tokens, num_tokens), tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -937,190 +817,3 @@ def scene_samples(
             image, inst = res.payload
             samples.append(Sample(job.index, image, inst, meta))
     return samples
-
-
-# ---------------------------------------------------------------------------------------------
-# Object source "diffusion"
-# ---------------------------------------------------------------------------------------------
-
-DEFAULT_OBJECT_PROMPT = (
-    "a photo of a single {colour} {class}, {viewpoint}, isolated on a plain white background"
-)
-
-
-class DiffusionObjectParams(PipelineParams):
-    """Object-centric prompts -> RGBA crops whose alpha is the object mask.
-
-    `prompt` is the template for classes without their own `prompts` (spec `classes[].prompts`
-    are templates too); it must mention the class, via `{class}` or the class name.
-    """
-
-    prompt: str = DEFAULT_OBJECT_PROMPT
-    mask_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.35
-    background_threshold: Annotated[float, Field(ge=0.0, le=255.0)] = 30.0
-    min_object_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.01
-
-
-class DiffusionObjectSource:
-    """`crops(requests)` -> RGBA crops (h, w, 4); `last_metadata` holds one dict per crop."""
-
-    def __init__(
-        self,
-        params: DiffusionObjectParams,
-        class_names: Sequence[str],
-        class_prompts: Mapping[str, Sequence[str]] | None = None,
-        where: str = "objects.params",
-    ) -> None:
-        self.params = params
-        self.where = where
-        self.attributes = params.merged_attributes()
-        allowed = {*self.attributes, "class"}
-        self.templates: dict[str, list[str]] = {}
-        for name in class_names:
-            tmpls = list((class_prompts or {}).get(name) or [params.prompt])
-            for t in tmpls:
-                check_template(t, allowed, f"{where}.prompt (class {name!r})")
-                probe = render(
-                    t,
-                    {**{k: v[0] for k, v in self.attributes.items()}, "class": class_phrase(name)},
-                )
-                if not phrase_spans(probe, [class_phrase(name)])[0]:
-                    raise SpecError(
-                        f"classes.{name}.prompts: prompt {t!r} must mention the class "
-                        "(write {class} or the class name)"
-                    )
-            self.templates[name] = tmpls
-        self.engine = DiffusionEngine.from_params(params, where)
-        self.last_metadata: list[dict[str, Any]] = []
-
-    def _request(self, req: CropRequest) -> tuple[GenRequest, dict[str, Any]]:
-        rng = randomness.rng(req.seed, 0, "prompt")
-        tmpls = self.templates.get(req.class_name)
-        if tmpls is None:
-            raise SpecError(f"{self.where}: unknown class {req.class_name!r}")
-        template = tmpls[int(rng.integers(len(tmpls)))]
-        attrs = draw_attributes(template, self.attributes, rng)
-        phrase = class_phrase(req.class_name)
-        prompt = render(template, {**attrs, "class": phrase})
-        weights, tokens = query_weights(
-            self.engine.loaded.tokenizer, prompt, phrase_spans(prompt, [phrase])
-        )
-        size = self.params.resolution or self.engine.loaded.native_size
-        gen = GenRequest(
-            prompt=prompt,
-            negative_prompt=self.params.negative_prompt,
-            seed=int(req.seed),
-            size_hw=self.engine.generation_size((size, size)),
-            weights=weights,
-            clip_text=prompt,
-        )
-        md = {
-            "prompt": prompt,
-            "attributes": attrs,
-            "class": req.class_name,
-            "tokens": tokens[0],
-            **self.engine.describe(),
-        }
-        return gen, md
-
-    def _cut(
-        self, _i: int, image: npt.NDArray[np.uint8], maps: npt.NDArray[np.float32] | None
-    ) -> tuple[Any, str | None]:
-        if maps is None or maps.shape[0] == 0:
-            mask = attn_labels.largest_component(
-                attn_labels.background_difference(image, self.params.background_threshold)
-            )
-        else:
-            mask = attn_labels.object_mask(
-                image,
-                maps[0],
-                threshold=self.params.mask_threshold,
-                bg_threshold=self.params.background_threshold,
-            )
-        if mask.sum() < max(1.0, self.params.min_object_fraction * mask.size):
-            return None, "no_object"
-        rows = np.flatnonzero(mask.any(axis=1))
-        cols = np.flatnonzero(mask.any(axis=0))
-        y1, y2, x1, x2 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        rgba = np.dstack([image[y1:y2, x1:x2], mask[y1:y2, x1:x2].astype(np.uint8) * 255])
-        return np.ascontiguousarray(rgba, dtype=np.uint8), None
-
-    def crops(self, requests: Sequence[CropRequest]) -> list[npt.NDArray[np.uint8]]:
-        built = [self._request(r) for r in requests]
-        results = self.engine.run([g for g, _ in built], finalize=self._cut)
-        crops: list[npt.NDArray[np.uint8]] = []
-        self.last_metadata = []
-        for (_, md), res in zip(built, results, strict=True):
-            if res.payload is None:  # rejected: a fully transparent crop carries no object
-                h, w = res.image.shape[:2]
-                crops.append(np.zeros((h, w, 4), np.uint8))
-            else:
-                crops.append(res.payload)
-            self.last_metadata.append({**md, **res.metadata()})
-        return crops
-
-
-@OBJECT_SOURCES.register("diffusion", DiffusionObjectParams)
-def _make_object_source(
-    params: DiffusionObjectParams,
-    *,
-    class_names: Sequence[str] = (),
-    spec: Any = None,
-    **_: Any,
-) -> DiffusionObjectSource:
-    prompts: dict[str, list[str]] = {}
-    if spec is not None:
-        class_names = tuple(c.name for c in spec.classes)
-        prompts = {c.name: list(c.prompts) for c in spec.classes if c.prompts}
-    return DiffusionObjectSource(params, class_names, prompts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Background source "diffusion"
-# ---------------------------------------------------------------------------------------------
-
-DEFAULT_BACKGROUND_PROMPT = "a photo of an empty {place}, {weather}, {time_of_day}, no people"
-
-
-class DiffusionBackgroundParams(PipelineParams):
-    prompt: str = DEFAULT_BACKGROUND_PROMPT
-
-
-class DiffusionBackgroundSource:
-    """`backgrounds(requests)` -> RGB (H, W, 3) of each request's exact size."""
-
-    def __init__(self, params: DiffusionBackgroundParams, where: str = "background.params"):
-        self.params = params
-        self.attributes = params.merged_attributes()
-        check_template(params.prompt, set(self.attributes), f"{where}.prompt")
-        self.engine = DiffusionEngine.from_params(params, where)
-        self.last_metadata: list[dict[str, Any]] = []
-
-    def backgrounds(self, requests: Sequence[BackgroundRequest]) -> list[npt.NDArray[np.uint8]]:
-        gens, mds = [], []
-        for r in requests:
-            rng = randomness.rng(r.seed, 0, "prompt")
-            attrs = draw_attributes(self.params.prompt, self.attributes, rng)
-            prompt = render(self.params.prompt, attrs)
-            gens.append(
-                GenRequest(
-                    prompt,
-                    self.params.negative_prompt,
-                    int(r.seed),
-                    self.engine.generation_size(r.size_hw),
-                    clip_text=prompt,
-                )
-            )
-            mds.append({"prompt": prompt, "attributes": attrs, **self.engine.describe()})
-        results = self.engine.run(gens)
-        self.last_metadata = [
-            {**md, **res.metadata()} for md, res in zip(mds, results, strict=True)
-        ]
-        return [resize_rgb(res.image, r.size_hw) for res, r in zip(results, requests, strict=True)]
-
-
-@BACKGROUND_SOURCES.register("diffusion", DiffusionBackgroundParams)
-def _make_background_source(
-    params: DiffusionBackgroundParams, **_: Any
-) -> DiffusionBackgroundSource:
-    return DiffusionBackgroundSource(params)

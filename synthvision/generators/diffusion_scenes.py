@@ -24,6 +24,10 @@ from synthvision.generators.diffusion import (
     DiffusionEngine,
     GenRequest,
     PipelineParams,
+    resize_rgb,
+    scene_samples,
+)
+from synthvision.generators.prompts import (
     check_template,
     class_phrase,
     draw_attributes,
@@ -31,8 +35,6 @@ from synthvision.generators.diffusion import (
     phrase_spans,
     query_weights,
     render,
-    resize_rgb,
-    scene_samples,
 )
 from synthvision.labelers import attention as attn_labels
 from synthvision.plan import ImageJob

@@ -26,10 +26,7 @@ from synthvision.generators.diffusion import (
     DiffusionEngine,
     GenRequest,
     PipelineParams,
-    check_template,
-    draw_attributes,
     load_pipeline,
-    render,
     resize_rgb,
     scene_samples,
 )
@@ -37,6 +34,11 @@ from synthvision.generators.diffusion_scenes import (
     DEFAULT_EMPTY_PROMPT,
     DEFAULT_SCENE_PROMPT,
     PromptedScenes,
+)
+from synthvision.generators.prompts import (
+    check_template,
+    draw_attributes,
+    render,
 )
 from synthvision.labelers import attention as attn_labels
 from synthvision.layout import place_objects

@@ -162,7 +162,8 @@ class DetectorLabeler:
         import torch
 
         from synthvision.devices import resolve_device
-        from synthvision.generators.diffusion import class_phrase, resolve_dtype
+        from synthvision.generators.diffusion import resolve_dtype
+        from synthvision.generators.prompts import class_phrase
 
         self.params = params
         self.class_names = list(class_names)
