@@ -138,6 +138,42 @@ def test_build_on_cuda_is_valid_and_reproducible(tmp_path: Path) -> None:
     assert digests[0] == digests[1]
 
 
+@pytest.mark.parametrize("strategy", ["compose", "gligen"])
+def test_other_strategies_build_on_cuda_reproducibly(strategy: str, tmp_path: Path) -> None:
+    """Compose with generated objects and backgrounds, and GLIGEN layouts, on the GPU."""
+    gen = {"steps": 3, "batch_size": 4, "device": DEVICE}
+    if strategy == "compose":
+        sd = {"model": tiny_models.sd_model(), **gen}
+        parts = {
+            "objects": {"name": "diffusion", "params": {**sd, "min_object_fraction": 0.0}},
+            "background": {"name": "diffusion", "params": sd},
+        }
+    else:
+        parts = {
+            "scene": {"name": "gligen", "params": {"model": tiny_models.gligen_model(), **gen}}
+        }
+    spec = parse_spec(
+        {
+            "name": f"gpu-{strategy}",
+            "seed": 5,
+            "num_images": 6,
+            "image_size": [32, 32],
+            "classes": [{"name": "cat"}, {"name": "dog"}],
+            "objects_per_image": [1, 2],
+            "layout": {"min_area_px": 4, "scale": [0.3, 0.6], "min_visibility": 0.2},
+            "export": {"preview_images": 0},
+            **parts,
+        }
+    )
+    digests = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        build_mod.build(spec, out, batch_size=4, show_progress=False)
+        assert validate_dataset(out) == []
+        digests.append(dataset_digests(out))
+    assert digests[0] == digests[1]
+
+
 def test_detector_preprocesses_and_labels_on_cuda(tmp_path: Path) -> None:
     """OWLv2 resizes and pads on the GPU; its labels on a build are valid and reproducible."""
     from synthvision.labelers.detector import DetectorLabeler, DetectorParams
