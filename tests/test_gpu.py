@@ -77,6 +77,16 @@ def _scene_spec(size: int = 32, labeler: dict[str, Any] | None = None, **params:
     )
 
 
+def _built_twice_alike(spec: Spec, tmp_path: Path, batch_size: int) -> Path:
+    """Build `spec` twice on the device: both valid, byte-identical; returns the first."""
+    outs = [tmp_path / run for run in ("a", "b")]
+    for out in outs:
+        build_mod.build(spec, out, batch_size=batch_size, show_progress=False)
+        assert validate_dataset(out) == []
+    assert dataset_digests(outs[0]) == dataset_digests(outs[1])
+    return outs[0]
+
+
 @pytest.mark.parametrize(
     ("dtype", "backend"), [("bfloat16", "auto"), ("float16", "auto"), ("bfloat16", "cudnn")]
 )
@@ -127,15 +137,9 @@ def test_compiled_fused_pipeline_matches_eager_on_cuda() -> None:
 
 
 def test_build_on_cuda_is_valid_and_reproducible(tmp_path: Path) -> None:
-    digests = []
-    for run in ("a", "b"):
-        out = tmp_path / run
-        build_mod.build(_scene_spec(), out, batch_size=4, show_progress=False)
-        assert validate_dataset(out) == []
-        manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["counts"]["images"]["total"] == 8
-        digests.append(dataset_digests(out))
-    assert digests[0] == digests[1]
+    out = _built_twice_alike(_scene_spec(), tmp_path, batch_size=4)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["images"]["total"] == 8
 
 
 @pytest.mark.parametrize("strategy", ["compose", "gligen"])
@@ -165,13 +169,7 @@ def test_other_strategies_build_on_cuda_reproducibly(strategy: str, tmp_path: Pa
             **parts,
         }
     )
-    digests = []
-    for run in ("a", "b"):
-        out = tmp_path / run
-        build_mod.build(spec, out, batch_size=4, show_progress=False)
-        assert validate_dataset(out) == []
-        digests.append(dataset_digests(out))
-    assert digests[0] == digests[1]
+    _built_twice_alike(spec, tmp_path, batch_size=4)
 
 
 def test_detector_preprocesses_and_labels_on_cuda(tmp_path: Path) -> None:
@@ -184,14 +182,8 @@ def test_detector_preprocesses_and_labels_on_cuda(tmp_path: Path) -> None:
     accepted = getattr(getattr(image_proc, "valid_kwargs", None), "__annotations__", {})
     if "device" in accepted:  # torchvision processors (transformers 5): resize on the GPU
         assert lab._processor_device == {"device": DEVICE}
-    digests = []
-    for run in ("a", "b"):
-        spec = _scene_spec(labeler={"name": "detector", "params": params}, min_instances=0)
-        out = tmp_path / run
-        build_mod.build(spec, out, batch_size=4, show_progress=False)
-        assert validate_dataset(out) == []
-        digests.append(dataset_digests(out))
-    assert digests[0] == digests[1]
+    spec = _scene_spec(labeler={"name": "detector", "params": params}, min_instances=0)
+    _built_twice_alike(spec, tmp_path, batch_size=4)
 
 
 def test_cvae_quickstart_on_cuda(tmp_path: Path) -> None:
@@ -203,13 +195,7 @@ def test_cvae_quickstart_on_cuda(tmp_path: Path) -> None:
         root / "configs" / "quickstart.yaml",
         overrides=["num_images=24", f"objects.params.device={DEVICE}"],
     )
-    digests = []
-    for run in ("a", "b"):
-        out = tmp_path / run
-        build_mod.build(spec, out, batch_size=8, show_progress=False)
-        assert validate_dataset(out) == []
-        digests.append(dataset_digests(out))
-    assert digests[0] == digests[1]
+    _built_twice_alike(spec, tmp_path, batch_size=8)
 
 
 @pytest.mark.skipif(

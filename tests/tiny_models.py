@@ -138,6 +138,22 @@ def _text_encoder(seed: int = 0):  # type: ignore[no-untyped-def]
     return CLIPTextModel(cfg).eval()
 
 
+def _tiny_vae():  # type: ignore[no-untyped-def]
+    """A two-level AutoencoderKL (pixel/latent factor 2) for 32 px images."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
 def assemble_sd_pipeline(
     unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, *, gated: bool = False
 ) -> Any:
@@ -172,7 +188,7 @@ def build_sd_pipeline(out_dir: Path, *, gated: bool = False, seed: int = 0) -> P
     Pixel size must be a multiple of 4 (VAE factor 2 x one UNet downsample); 32 px -> 16x16 latent.
     """
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -188,16 +204,7 @@ def build_sd_pipeline(out_dir: Path, *, gated: bool = False, seed: int = 0) -> P
         attention_head_dim=8,
         attention_type="gated" if gated else "default",
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    vae = _tiny_vae()
     tok_dir = build_clip_tokenizer(out_dir / "_tokenizer")
     from transformers import CLIPTokenizer
 
@@ -213,7 +220,6 @@ def build_sdxl_pipeline(out_dir: Path, seed: int = 0) -> Path:
     diffusers' own SDXL `get_dummy_components`, saved to `out_dir`; 32 px -> 16x16 latent."""
     import torch
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -238,16 +244,7 @@ def build_sdxl_pipeline(out_dir: Path, seed: int = 0) -> Path:
         cross_attention_dim=64,  # both text encoders' hidden states side by side
         norm_num_groups=1,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    vae = _tiny_vae()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
