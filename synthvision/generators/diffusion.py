@@ -731,16 +731,15 @@ class EngineRun:
         self.engine = engine
         self.requests = requests
         self.finalize = finalize
-        self.seeds = [int(r.seed) for r in requests]
-        self.tried: list[list[int]] = [[s] for s in self.seeds]
+        # Seeds tried per request: the last is the current one; one more than its regenerations.
+        self.tried: list[list[int]] = [[int(r.seed)] for r in requests]
         self.retries = [0] * n
         self.reasons: list[list[str]] = [[] for _ in range(n)]
-        self.regenerations = [0] * n
         self.results: list[GenResult | None] = [None] * n
         self._launch(list(range(n)))
 
     def _launch(self, pending: list[int]) -> None:
-        current = [replace(self.requests[i], seed=self.seeds[i]) for i in pending]
+        current = [replace(self.requests[i], seed=self.tried[i][-1]) for i in pending]
         finals: list[Future[tuple[Any, str | None]] | None] = [None] * len(pending)
 
         def start_labels(positions: list[int], decoded: list[_Decoded]) -> None:
@@ -766,18 +765,17 @@ class EngineRun:
                 failure = out.failure or final_failure
                 if failure is not None:
                     self.reasons[i].append(failure)
-                    if self.regenerations[i] < policy.max_retries:
-                        self.regenerations[i] += 1
+                    regenerations = len(self.tried[i]) - 1
+                    if regenerations < policy.max_retries:
                         self.retries[i] += 1
-                        self.seeds[i] = retry_seed(self.requests[i].seed, self.regenerations[i])
-                        self.tried[i].append(self.seeds[i])
+                        self.tried[i].append(retry_seed(self.requests[i].seed, regenerations + 1))
                         next_pending.append(i)
                         continue
                 kept = failure is None  # else: rejected after its last retry, never labeled
                 self.results[i] = GenResult(
                     out.image,
                     out.maps,
-                    self.seeds[i],
+                    self.tried[i][-1],
                     self.tried[i],
                     self.retries[i],
                     self.reasons[i],
