@@ -334,9 +334,18 @@ def engine_rate(params: dict[str, Any], n: int, size: int, capture: bool) -> dic
 
 def build_rate(params: dict[str, Any], n: int, size: int, tmp: Path) -> dict[str, Any]:
     """Images/s of `build()` end to end (warm pipeline): generate, label, export, merge."""
+    scene = {"scene": {"name": "diffusion-attention", "params": params}}
+    return timed_build(bench_spec(size, scene), n, params["batch_size"], tmp)
+
+
+def bench_spec(
+    size: int, parts: dict[str, Any], layout: dict[str, Any] | None = None
+) -> Callable[[int, str], Any]:
+    """`spec(num_images, name)`: the benchmark scenes (CLASSES, 1-3 objects, square `size`,
+    no preview) with the given generator `parts` (scene / objects / background / labeler)."""
     from synthvision.config import parse_spec
 
-    def spec(num: int, name: str):  # type: ignore[no-untyped-def]
+    def spec(num: int, name: str) -> Any:
         return parse_spec(
             {
                 "name": name,
@@ -345,12 +354,13 @@ def build_rate(params: dict[str, Any], n: int, size: int, tmp: Path) -> dict[str
                 "image_size": [size, size],
                 "classes": [{"name": c} for c in CLASSES],
                 "objects_per_image": [1, 3],
+                "layout": layout or {},
                 "export": {"preview_images": 0},
-                "scene": {"name": "diffusion-attention", "params": params},
+                **parts,
             }
         )
 
-    return timed_build(spec, n, params["batch_size"], tmp)
+    return spec
 
 
 def timed_build(spec: Callable[[int, str], Any], n: int, bs: int, tmp: Path) -> dict[str, Any]:

@@ -130,7 +130,6 @@ def strategy_spec(
     strategy: str, models: dict[str, str], rung: ladder.Rung, args: argparse.Namespace
 ) -> Callable[[int, str], Any]:
     """`spec(num_images, name)` for one strategy at this rung."""
-    from synthvision.config import parse_spec
 
     sd, size = models["sd"], args.size
     body: dict[str, Any]
@@ -174,24 +173,8 @@ def strategy_spec(
         }
     else:
         raise ValueError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
-    layout = {"min_area_px": 4, "scale": [0.3, 0.6], "min_visibility": 0.2} if args.tiny else {}
-
-    def spec(num: int, name: str) -> Any:
-        return parse_spec(
-            {
-                "name": name,
-                "seed": 1,
-                "num_images": num,
-                "image_size": [size, size],
-                "classes": [{"name": c} for c in ladder.CLASSES],
-                "objects_per_image": [1, 3],
-                "layout": layout,
-                "export": {"preview_images": 0},
-                **body,
-            }
-        )
-
-    return spec
+    layout = {"min_area_px": 4, "scale": [0.3, 0.6], "min_visibility": 0.2} if args.tiny else None
+    return ladder.bench_spec(size, body, layout)
 
 
 def clear_caches() -> None:
