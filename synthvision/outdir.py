@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 from pathlib import Path
 
 from synthvision.errors import OutputDirError
 
 MARKER = ".synthvision.json"
 MANIFEST = "manifest.json"
-OWN_OUTPUTS = ("shards", "coco", "yolo", MANIFEST, "spec.yaml", "preview.png", MARKER)
+PROVENANCE = "provenance.jsonl"  # `synthvision augment`: where each output image came from
+# Top-level names a build or `synthvision augment` writes. A folder among them (shards/, coco/,
+# yolo/) is shared with the user: only the files synthvision names itself are removed there.
+OWN_FILES = (MANIFEST, "spec.yaml", "preview.png", PROVENANCE)
+OWN_TREES = ("shards", "coco", "yolo")
+OWN_OUTPUTS = (*OWN_TREES, *OWN_FILES, MARKER)
+
+_INDEX_NAME = re.compile(r"^\d{9,}\.[A-Za-z]+$")  # images and labels are named by global index
+_TMP_NAME = re.compile(r"^\..+\.tmp")  # leftovers of atomic writes (tmp + rename)
+_COCO_ANNOTATIONS = re.compile(r"^instances_[^/]+\.json$")
 
 
 def read_marker(out_dir: Path) -> dict[str, str] | None:
@@ -27,12 +36,74 @@ def read_marker(out_dir: Path) -> dict[str, str] | None:
     return data if isinstance(data, dict) else None
 
 
-def remove_own_outputs(out_dir: Path) -> None:
-    for name in OWN_OUTPUTS:
+def _own_files_in(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return [
+        p
+        for p in folder.iterdir()
+        if (pattern.match(p.name) or _TMP_NAME.match(p.name)) and (p.is_file() or p.is_symlink())
+    ]
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+
+
+def own_files(out_dir: Path, trees: tuple[str, ...] = OWN_TREES) -> list[Path]:
+    """The files synthvision wrote under `out_dir/{trees}`, found by the names it gives them.
+
+    shards/rank-NNNNN/{records.jsonl, images/<index>.<ext>},
+    coco/annotations/instances_<split>.json, coco/images/<split>/<index>.<ext>, yolo/data.yaml,
+    yolo/{images,labels}/<split>/<index>.<ext>, and the temporary files of interrupted atomic
+    writes next to any of them. Anything else (a user's notes in coco/, Ultralytics'
+    labels/*.cache) is not ours.
+    """
+    files: list[Path] = []
+    if "shards" in trees:
+        for rank in _subfolders(out_dir / "shards"):
+            if re.fullmatch(r"rank-\d+", rank.name):
+                files += _own_files_in(rank, re.compile(r"^records\.jsonl$"))
+                files += _own_files_in(rank / "images", _INDEX_NAME)
+    if "coco" in trees:
+        files += _own_files_in(out_dir / "coco" / "annotations", _COCO_ANNOTATIONS)
+        for split in _subfolders(out_dir / "coco" / "images"):
+            files += _own_files_in(split, _INDEX_NAME)
+    if "yolo" in trees:
+        files += _own_files_in(out_dir / "yolo", re.compile(r"^data\.yaml$"))
+        for kind in ("images", "labels"):
+            for split in _subfolders(out_dir / "yolo" / kind):
+                files += _own_files_in(split, _INDEX_NAME)
+    return files
+
+
+def _remove_empty_folders(root: Path) -> None:
+    """Remove `root` and its sub-folders, bottom up, where they are empty."""
+    if not root.is_dir() or root.is_symlink():
+        return
+    for sub in _subfolders(root):
+        _remove_empty_folders(sub)
+    try:
+        root.rmdir()
+    except OSError:  # not empty: it holds files that are not ours
+        pass
+
+
+def remove_own_outputs(
+    out_dir: Path,
+    trees: tuple[str, ...] = OWN_TREES,
+    files: tuple[str, ...] = (*OWN_FILES, MARKER),
+) -> None:
+    """Remove what synthvision wrote in `out_dir` (see `own_files`); other files stay."""
+    for path in own_files(out_dir, trees):
+        path.unlink(missing_ok=True)
+    for tree in trees:
+        _remove_empty_folders(out_dir / tree)
+    for name in files:
         path = out_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
+        if path.is_file() or path.is_symlink():
             path.unlink()
 
 
@@ -55,6 +126,15 @@ def prepare_output_dir(out_dir: Path, fingerprint: str, overwrite: bool) -> bool
                 "choose another --out, or pass --overwrite to write synthvision's files into it "
                 "(other files are left alone)"
             )
+        if marker is None:
+            # Nothing here is ours, so nothing may be replaced: refuse where a name collides.
+            taken = [n for n in OWN_OUTPUTS if (out_dir / n).exists() or (out_dir / n).is_symlink()]
+            if taken:
+                raise OutputDirError(
+                    f"output directory {str(out_dir)!r} is not a synthvision output and already "
+                    f"has {', '.join(taken)}, which a build writes; choose another --out, or move "
+                    "them away first"
+                )
         if marker is not None and marker.get("spec_fingerprint") == fingerprint and not overwrite:
             resumed = True
         elif marker is not None and not overwrite:
@@ -62,7 +142,7 @@ def prepare_output_dir(out_dir: Path, fingerprint: str, overwrite: bool) -> bool
                 f"output directory {str(out_dir)!r} holds a build of a different spec; choose "
                 "another --out, or pass --overwrite to replace that build"
             )
-        else:
+        elif marker is not None:
             remove_own_outputs(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -119,9 +119,47 @@ def test_rerun_is_complete_and_other_specs_are_refused(tmp_path: Path) -> None:
     assert again.already_complete and again.generated == 0
     with pytest.raises(OutputDirError, match="different spec"):
         build(small_spec(seed=99), out, show_progress=False)
-    (out / "notes.txt").write_text("mine")
-    result = build(small_spec(seed=99), out, show_progress=False, overwrite=True)
-    assert result.generated == 9 and (out / "notes.txt").read_text() == "mine"
+    # The user's files, also inside the folders synthvision writes, survive --overwrite.
+    mine = [
+        out / "notes.txt",
+        out / "coco/real_annotations.json",
+        out / "coco/images/train/holiday.jpg",
+        out / "yolo/labels/train.cache",
+        out / "shards/README",
+    ]
+    for path in mine:
+        path.write_text(f"mine: {path.name}")
+    old_images = {p.name for p in (out / "yolo/images/train").iterdir()}
+    result = build(small_spec(seed=99, num_images=3), out, show_progress=False, overwrite=True)
+    assert result.generated == 3
+    assert all(p.read_text() == f"mine: {p.name}" for p in mine)
+    # ... while every file of the replaced build is gone (it had 9 images, this one has 3).
+    new_images = {p.name for p in (out / "yolo/images/train").iterdir()}
+    assert len(new_images) < len(old_images) and new_images <= old_images
+    # validate names the stray file instead of anything deleting it
+    assert validate_dataset(out) == [
+        "coco/images/train/holiday.jpg is not in coco/annotations/instances_train.json"
+    ]
+    fresh = tmp_path / "fresh"
+    build(small_spec(seed=99, num_images=3), fresh, show_progress=False)
+    users = {str(p.relative_to(out)) for p in mine}
+    assert {k: v for k, v in dataset_digests(out).items() if k not in users} == dataset_digests(
+        fresh
+    )
+
+
+def test_overwrite_into_a_foreign_directory_never_replaces_its_files(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text("the user's own spec")
+    (tmp_path / "coco").mkdir()
+    with pytest.raises(OutputDirError, match="already has coco, spec.yaml"):
+        build(small_spec(), tmp_path, show_progress=False, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco", "spec.yaml"]
+    assert (tmp_path / "spec.yaml").read_text() == "the user's own spec"
+    (tmp_path / "coco").rmdir()
+    (tmp_path / "spec.yaml").rename(tmp_path / "my-spec.yaml")
+    build(small_spec(), tmp_path, show_progress=False, overwrite=True)
+    assert (tmp_path / "my-spec.yaml").read_text() == "the user's own spec"
+    assert validate_dataset(tmp_path) == []
 
 
 def test_non_synthvision_directory_is_refused(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from synthvision.errors import SpecError
+from synthvision.outdir import PROVENANCE
 
 if TYPE_CHECKING:  # numpy and the rest load only when the command runs: `--help` stays fast
     import numpy as np
@@ -40,8 +41,6 @@ if TYPE_CHECKING:  # numpy and the rest load only when the command runs: `--help
 ImageFormat = Literal["jpeg", "png"]
 CocoMasks = Literal["rle", "polygon", "none"]
 YoloTask = Literal["detect", "segment"]
-
-PROVENANCE = "provenance.jsonl"
 
 
 # --------------------------------------------------------------------------------- sources
@@ -296,7 +295,7 @@ def augment_dataset(
     from synthvision.formats.images import write_bytes_atomic, write_image
     from synthvision.formats.records import instance_records
     from synthvision.formats.yolo import write_data_yaml, yolo_label_text
-    from synthvision.outdir import MANIFEST, prepare_output_dir
+    from synthvision.outdir import MANIFEST, prepare_output_dir, remove_own_outputs
     from synthvision.registry import format_validation_error
     from synthvision.structures import ClassMap, Sample
 
@@ -351,12 +350,8 @@ def augment_dataset(
     if resumed and (out / MANIFEST).is_file():  # the same run already finished: nothing to do
         done: dict[str, Any] = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         return done
-    for name in ("coco", "yolo", PROVENANCE, MANIFEST):  # partial outputs of an earlier run
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    # Partial outputs of an earlier run of these settings; the user's own files stay.
+    remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
     write_bytes_atomic(
         out / "spec.yaml",
         "# Written by `synthvision augment` (not a build spec): what was augmented, and how.\n"
