@@ -435,7 +435,7 @@ def merge(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> dict
     for writer in coco_writers.values():
         writer.close()
     if "yolo" in export.formats:
-        write_data_yaml(out_dir / "yolo", class_map, splits)
+        write_data_yaml(out_dir / "yolo", class_map, splits, images_per_split)
     return {
         "images": {"total": num_items - len(rejected), **images_per_split},
         "instances": {

@@ -551,10 +551,20 @@ def _check_data_yaml(yolo_dir: Path, p: _Problems) -> tuple[list[str] | None, li
         parts = Path(value).parts
         if len(parts) == 2 and parts[0] == "images":
             referenced.add(parts[1])
+        if key in ("train", "val") and not _has_images(yolo_dir / value):
+            p.add(
+                "yolo-yaml",
+                f"yolo/{DATA_YAML}: `{key}: {value}` holds no images (Ultralytics stops with "
+                '"No images found"; point it at a split that has images)',
+            )
     for s in splits:
-        if s not in referenced:
+        if s not in referenced and _has_images(yolo_dir / "images" / s):
             p.add("yolo-yaml", f"yolo/images/{s} is not listed in yolo/{DATA_YAML}")
     return names, splits
+
+
+def _has_images(folder: Path) -> bool:
+    return any(f.suffix.lower() in IMAGE_SUFFIXES for f in folder.iterdir() if f.is_file())
 
 
 @dataclass

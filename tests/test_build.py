@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from pycocotools import mask as mask_utils
 from pydantic import BaseModel, ConfigDict
 
@@ -151,7 +152,7 @@ def test_rerun_is_complete_and_other_specs_are_refused(tmp_path: Path) -> None:
 def test_overwrite_into_a_foreign_directory_never_replaces_its_files(tmp_path: Path) -> None:
     (tmp_path / "spec.yaml").write_text("the user's own spec")
     (tmp_path / "coco").mkdir()
-    with pytest.raises(OutputDirError, match="already has coco, spec.yaml"):
+    with pytest.raises(OutputDirError, match=r"already has coco, spec\.yaml"):
         build(small_spec(), tmp_path, show_progress=False, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coco", "spec.yaml"]
     assert (tmp_path / "spec.yaml").read_text() == "the user's own spec"
@@ -159,6 +160,16 @@ def test_overwrite_into_a_foreign_directory_never_replaces_its_files(tmp_path: P
     (tmp_path / "spec.yaml").rename(tmp_path / "my-spec.yaml")
     build(small_spec(), tmp_path, show_progress=False, overwrite=True)
     assert (tmp_path / "my-spec.yaml").read_text() == "the user's own spec"
+    assert validate_dataset(tmp_path) == []
+
+
+def test_a_split_without_images_is_not_in_data_yaml(tmp_path: Path) -> None:
+    spec = small_spec(num_images=2, splits={"train": 0.9, "val": 0.1})
+    result = build(spec, tmp_path, show_progress=False)
+    assert result.manifest is not None
+    assert result.manifest["counts"]["images"] == {"total": 2, "train": 2, "val": 0}
+    doc = yaml.safe_load((tmp_path / "yolo/data.yaml").read_text())
+    assert (doc["train"], doc["val"]) == ("images/train", "images/train")
     assert validate_dataset(tmp_path) == []
 
 

@@ -329,6 +329,17 @@ def test_data_yaml(tmp_path: Path) -> None:
     assert "path" not in doc and "download" not in doc
     only_train = yaml.safe_load(data_yaml_text(CLASSES, ["train"]))
     assert only_train["val"] == "images/train"
+    # A split without images is left out: Ultralytics stops on an empty split folder.
+    counts = {"train": 3, "val": 0, "test": 1}
+    doc = yaml.safe_load(write_data_yaml(tmp_path, CLASSES, list(counts), counts).read_text())
+    assert (doc["train"], doc["val"], doc["test"]) == (
+        "images/train",
+        "images/train",
+        "images/test",
+    )
+    no_train = {"train": 0, "val": 2}
+    doc = yaml.safe_load(write_data_yaml(tmp_path, CLASSES, list(no_train), no_train).read_text())
+    assert (doc["train"], doc["val"]) == ("images/val", "images/val")
 
 
 @pytest.mark.parametrize("task", ["detect", "segment"])

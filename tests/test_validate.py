@@ -214,6 +214,15 @@ def test_data_yaml_faults(build: Path) -> None:
     assert _has(problems, "`val:`")
 
 
+def test_data_yaml_split_without_images(build: Path) -> None:
+    data_yaml = build / "yolo" / "data.yaml"
+    doc = yaml.safe_load(data_yaml.read_text())
+    (build / "yolo" / "images" / "empty").mkdir()
+    doc["val"] = "images/empty"
+    data_yaml.write_text(yaml.safe_dump(doc))
+    assert _has(validate_dataset(build), "`val: images/empty` holds no images")
+
+
 def test_coco_yolo_disagreement(build: Path) -> None:
     label = build / "yolo" / "labels" / "train" / "000000002.txt"
     rows = label.read_text().splitlines()

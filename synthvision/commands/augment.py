@@ -426,7 +426,7 @@ def augment_dataset(
         for writer in writers.values():
             writer.abort()
         raise
-    write_data_yaml(out / "yolo", class_map, source.splits)
+    write_data_yaml(out / "yolo", class_map, source.splits, images_per_split)
 
     total = sum(images_per_split.values())
     seconds = time.perf_counter() - t0

@@ -15,14 +15,15 @@ would then drop every polygon of the file).
 `data.yaml` has `names` (mapping 0..n-1), `nc`, and one key per split (`train: images/train`).
 It has no `path:` key: without one Ultralytics resolves split folders against the yaml's own
 folder, whereas a relative `path:` is resolved against its global datasets dir. There is never
-a `download:` key (Ultralytics would run it). Ultralytics requires `val`: with no `val` split it
-points at the train images (and `train` at the first split when there is no `train` split).
+a `download:` key (Ultralytics would run it). Ultralytics requires `val` and stops on a split
+folder without images: with no `val` images, `val` points at the train images (and `train` at
+the first split with images when `train` has none).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -108,17 +109,27 @@ def data_yaml_text(class_map: ClassMap, splits: Sequence[str]) -> str:
         "# resolves a relative `path:` against its global datasets dir, not against this file.",
     ]
     if "val" not in names:
-        header.append(f"# There is no val split: val points at {doc['val']} so training can start.")
+        header.append(f"# No val images: val points at {doc['val']} so training can start.")
     if "train" not in names:
-        header.append(f"# There is no train split: train points at {doc['train']}.")
+        header.append(f"# No train images: train points at {doc['train']}.")
     body = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return "\n".join(header) + "\n" + body
 
 
 def write_data_yaml(
-    root: str | os.PathLike[str], class_map: ClassMap, splits: Sequence[str]
+    root: str | os.PathLike[str],
+    class_map: ClassMap,
+    splits: Sequence[str],
+    images_per_split: Mapping[str, int] | None = None,
 ) -> Path:
-    """Write `root/data.yaml` atomically; returns its path."""
+    """Write `root/data.yaml` atomically; returns its path.
+
+    With `images_per_split`, splits that hold no image are left out (unless all are empty):
+    Ultralytics stops training on a split folder without images ("No images found"), whereas a
+    missing `val` falls back to the train images.
+    """
+    if images_per_split is not None:
+        splits = [s for s in splits if images_per_split.get(s, 0) > 0] or list(splits)
     path = Path(root) / DATA_YAML
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, data_yaml_text(class_map, splits))
