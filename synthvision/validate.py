@@ -27,6 +27,7 @@ from synthvision.formats.masks import (
     largest_polygon,
     mask_to_polygons,
     polygon_xyxy,
+    polygons_area,
     rle_area,
     rle_to_xywh,
 )
@@ -448,6 +449,11 @@ def _check_segmentation(
             or ext[3] > y + bh + BOX_TOL_PX
         ):
             p.add("coco-segmentation", f"{where}: polygons reach outside the bbox {list(xywh)}")
+        pixels = polygons_area(seg, size_hw)
+        if _is_num(area) and abs(float(area) - pixels) > 0.5:
+            p.add(
+                "coco-area", f"{where}: area {area} is not the {pixels} pixels its polygons cover"
+            )
         return
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")

@@ -254,6 +254,20 @@ def test_coco_contract_self_ap_and_round_trip(tmp_path: Path, mask_mode: str) ->
     assert coco_self_ap(path, "bbox") == pytest.approx(1.0)
     if mask_mode != "none":
         assert coco_self_ap(path, "segm") == pytest.approx(1.0)
+        # `area` is what pycocotools rasterises from the segmentation (holes filled for
+        # polygons): COCOeval buckets small/medium/large by it.
+        from pycocotools.coco import COCO
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(path))
+        areas = [a["area"] for a in anns]
+        assert areas == [float(coco.annToMask(a).sum()) for a in anns]
+        mask_px = [float(m.sum()) for s in samples for m in s.instances.masks]  # type: ignore[union-attr]
+        if mask_mode == "rle":
+            assert areas == mask_px
+        else:  # the holes made in make_samples are filled
+            assert all(a >= m for a, m in zip(areas, mask_px, strict=True))
+            assert any(a > m for a, m in zip(areas, mask_px, strict=True))
 
     # deterministic bytes
     again = tmp_path / "again.json"

@@ -5,7 +5,7 @@ Contract of what we write (checked by `synthvision.validate`):
 - category id = class id + 1; image ids and annotation ids unique and >= 1 (the writer requires
   increasing image ids and numbers annotations 1, 2, ... in the order they are added);
 - `bbox` = [x, y, w, h] floats in pixel-edge coordinates, `area` > 0 (mask pixel count when a
-  mask exists), `iscrowd` 0;
+  mask exists; with polygons, the pixels they cover, holes filled), `iscrowd` 0;
 - `segmentation`: compressed RLE `{"size": [H, W], "counts": str}` ("rle"), a list of polygons of
   >= 6 numbers ("polygon"), or `[]` ("none"). An empty list rather than no key: pycocotools'
   bbox evaluation ignores it, supervision reads a falsy segmentation as "no mask", and
@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import IO, Any, NamedTuple
 
 from synthvision.formats.images import write_image
+from synthvision.formats.masks import polygons_area
 from synthvision.formats.records import (
     XYXY_DECIMALS,
     CocoMaskMode,
@@ -46,22 +47,34 @@ def _r(v: float) -> float:
 
 
 def coco_annotation(
-    record: Record, annotation_id: int, image_id: int, mask_mode: CocoMaskMode
+    record: Record,
+    annotation_id: int,
+    image_id: int,
+    mask_mode: CocoMaskMode,
+    size_hw: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """One COCO annotation dict from an instance record (keys in a fixed order)."""
+    """One COCO annotation dict from an instance record (keys in a fixed order).
+
+    With polygons and the image's `size_hw` (H, W), `area` is the pixel count of the polygons
+    as pycocotools rasterises them (holes filled), so it agrees with the written segmentation;
+    otherwise it is the record's (mask) area.
+    """
     x1, y1, x2, y2 = (float(v) for v in record["xyxy"])
     segmentation: Any = []
+    area = float(record["area"])
     if mask_mode == "rle" and record.get("rle"):
         rle = record["rle"]
         segmentation = {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"]}
     elif mask_mode == "polygon" and record.get("polygons"):
         segmentation = [[float(v) for v in p] for p in record["polygons"] if len(p) >= 6]
+        if size_hw is not None:
+            area = float(polygons_area(segmentation, size_hw)) or area
     ann: dict[str, Any] = {
         "id": int(annotation_id),
         "image_id": int(image_id),
         "category_id": int(record["class_id"]) + 1,
         "bbox": [_r(x1), _r(y1), _r(x2 - x1), _r(y2 - y1)],
-        "area": float(record["area"]),
+        "area": area,
         "iscrowd": 0,
         "segmentation": segmentation,
     }
@@ -143,7 +156,7 @@ class CocoWriter:
             if not 0 <= cid < n_classes:
                 raise ValueError(f"class_id {cid} out of range for {n_classes} classes")
             self.num_annotations += 1
-            ann = coco_annotation(rec, self.num_annotations, int(image_id), mode)
+            ann = coco_annotation(rec, self.num_annotations, int(image_id), mode, (h, w))
             self._annotations.write(_dumps(ann) + "\n")
 
     def close(self) -> None:

@@ -81,6 +81,19 @@ def polygons_to_mask(
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
 
 
+def polygons_area(polygons: Sequence[Sequence[float]], size_hw: tuple[int, int]) -> int:
+    """Pixels (int) the union of flat polygons covers when pycocotools rasterises them.
+
+    The COCO `area` of a polygon annotation: consumers derive masks from the polygons (holes
+    filled), and COCOeval buckets objects into small/medium/large by this number.
+    """
+    h, w = size_hw
+    parts = [list(map(float, p)) for p in polygons if len(p) >= 6]
+    if not parts:
+        return 0
+    return int(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(parts, h, w))))
+
+
 def _simplify_closed(points_xy: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Drop repeated and collinear vertices of a closed integer path (P, 2)."""
     # Consecutive duplicates (including the wrap-around pair).
