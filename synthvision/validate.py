@@ -24,7 +24,6 @@ from PIL import Image
 from synthvision.errors import SpecError
 from synthvision.formats.masks import (
     decode_rle,
-    largest_polygon,
     mask_to_polygons,
     polygon_xyxy,
     polygons_area,
@@ -700,8 +699,9 @@ def _segment_box(
 ) -> tuple[tuple[float, float, float, float], bool]:
     """The box a YOLO-seg row should have, and whether it is exact.
 
-    Exact: the extent of the largest polygon of the COCO mask. Without a COCO mask (boxes-only
-    COCO next to YOLO-seg) only containment in the COCO box can be checked.
+    Exact: the extent of the COCO mask's polygons (a YOLO-seg row joins every part into one).
+    Without a COCO mask (boxes-only COCO next to YOLO-seg) only containment in the COCO box can
+    be checked.
     """
     seg = ann.segmentation
     polys: list[list[float]] = []
@@ -712,10 +712,9 @@ def _segment_box(
             polys = mask_to_polygons(decode_rle(seg))
         except Exception:
             polys = []
-    poly = largest_polygon(polys)
-    if poly is None:
+    if not any(len(p) >= 6 for p in polys):
         return ann.xyxy, False
-    x1, y1, x2, y2 = (float(v) for v in polygon_xyxy([poly]))
+    x1, y1, x2, y2 = (float(v) for v in polygon_xyxy([p for p in polys if len(p) >= 6]))
     h, w = size_hw
     return (max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))), True
 

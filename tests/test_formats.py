@@ -24,8 +24,8 @@ from synthvision.formats.images import IMAGE_SUFFIX, encode_image, write_bytes_a
 from synthvision.formats.masks import (
     decode_rle,
     encode_rle,
-    largest_polygon,
     mask_to_polygons,
+    merge_polygons,
     polygon_xyxy,
     polygons_to_mask,
 )
@@ -147,13 +147,22 @@ def test_polygons_rasterise_back_exactly() -> None:
             assert polygon_xyxy(polys).tolist() == mask_to_xyxy(m).tolist()
 
 
-def test_largest_polygon() -> None:
-    m = np.zeros((20, 20), bool)
-    m[1:3, 1:3] = True
-    m[10:18, 5:15] = True
-    best = largest_polygon(mask_to_polygons(m))
-    assert best is not None and polygon_xyxy([best]).tolist() == [5.0, 10.0, 15.0, 18.0]
-    assert largest_polygon([]) is None
+def test_merge_polygons_covers_every_part() -> None:
+    """One polygon per object (YOLO-seg): it rasterises to the union of the parts, and its
+    extent is theirs, so Ultralytics derives the same box as COCO's from the row."""
+    rng = np.random.default_rng(5)
+    for _ in range(80):
+        m = np.zeros((40, 56), np.uint8)
+        for _ in range(int(rng.integers(1, 5))):
+            center = (int(rng.integers(0, 56)), int(rng.integers(0, 40)))
+            axes = (int(rng.integers(1, 9)), int(rng.integers(1, 9)))
+            cv2.ellipse(m, center, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        polys = mask_to_polygons(m.astype(bool))
+        merged = merge_polygons(polys)
+        assert merged is not None and len(merged) % 2 == 0
+        assert np.array_equal(polygons_to_mask([merged], m.shape), _filled(m.astype(bool)))
+        assert polygon_xyxy([merged]).tolist() == mask_to_xyxy(m.astype(bool)).tolist()
+    assert merge_polygons([]) is None and merge_polygons([[1.0, 2.0, 3.0, 4.0]]) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,10 +383,8 @@ def test_yolo_round_trip(tmp_path: Path, task: str) -> None:
             if task == "detect":
                 want = mask_to_xyxy(mask)
             else:
-                largest = largest_polygon(mask_to_polygons(mask))
-                assert largest is not None
-                want = polygon_xyxy([largest])
-                assert np.array_equal(got_mask, polygons_to_mask([largest], SIZE_HW))
+                want = mask_to_xyxy(mask)  # every part counts, as in COCO
+                assert np.array_equal(got_mask, _filled(mask))
             assert np.abs(got_box - want).max() <= 1e-6 * max(h, w) + 1e-5
 
 

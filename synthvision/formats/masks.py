@@ -158,20 +158,34 @@ def polygon_area(polygon: Sequence[float]) -> float:
     return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
 
 
-def largest_polygon(polygons: Sequence[Sequence[float]]) -> Polygon | None:
-    """The part with the largest area (YOLO-seg rows hold one polygon per object); None if none.
+def merge_polygons(polygons: Sequence[Sequence[float]]) -> Polygon | None:
+    """All parts of an object as one flat polygon (YOLO-seg rows hold one per object); None if none.
 
-    Ties go to the first part, so the choice is deterministic.
+    Parts are joined by zero-width bridges: starting from the largest part, the part nearest to
+    the outline so far is spliced in at the closest pair of vertices (out along the bridge,
+    around the part, back the same way). The result covers the union of the parts, and its
+    extent is the union's extent, so Ultralytics derives the same box as COCO's. Ultralytics'
+    own COCO converter joins parts the same way (`merge_multi_segment`).
     """
-    best: Polygon | None = None
-    best_area = -1.0
-    for p in polygons:
-        if len(p) < 6:
-            continue
-        a = polygon_area(p)
-        if a > best_area:
-            best, best_area = [float(v) for v in p], a
-    return best
+    parts = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygons if len(p) >= 6]
+    if not parts:
+        return None
+    # Largest first (ties keep the given order), so the result does not depend on part order
+    # beyond ties.
+    parts.sort(key=lambda pts: -polygon_area(pts.reshape(-1).tolist()))
+    path, rest = parts[0], parts[1:]
+    while rest:
+        best: tuple[float, int, int, int] | None = None
+        for k, part in enumerate(rest):
+            d2 = ((path[:, None, :] - part[None, :, :]) ** 2).sum(axis=-1)  # (len(path), len(part))
+            i, j = np.unravel_index(int(np.argmin(d2)), d2.shape)
+            if best is None or d2[i, j] < best[0]:
+                best = (float(d2[i, j]), k, int(i), int(j))
+        assert best is not None
+        _, k, i, j = best
+        loop = np.roll(rest.pop(k), -j, axis=0)  # the part, starting at its bridge vertex
+        path = np.concatenate([path[: i + 1], loop, loop[:1], path[i : i + 1], path[i + 1 :]])
+    return [float(v) for v in path.reshape(-1)]
 
 
 def polygon_xyxy(polygons: Sequence[Sequence[float]]) -> npt.NDArray[np.float64]:

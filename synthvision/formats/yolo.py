@@ -33,7 +33,7 @@ from PIL import Image
 
 from synthvision.errors import SpecError
 from synthvision.formats.images import write_bytes_atomic, write_image
-from synthvision.formats.masks import largest_polygon, polygon_xyxy
+from synthvision.formats.masks import merge_polygons, polygon_xyxy
 from synthvision.formats.records import Record, instance_records, instances_from_records
 from synthvision.structures import ClassMap, Instances, Sample
 
@@ -54,8 +54,8 @@ def _box_polygon(xyxy: Sequence[float]) -> list[float]:
 
 
 def yolo_polygon(record: Record) -> list[float]:
-    """The polygon a segment row holds: the largest part, or the box outline when none."""
-    poly = largest_polygon(record.get("polygons") or [])
+    """The polygon a segment row holds: all parts joined into one, or the box outline if none."""
+    poly = merge_polygons(record.get("polygons") or [])
     return poly if poly is not None else _box_polygon(record["xyxy"])
 
 
@@ -65,8 +65,8 @@ def yolo_label_text(
     """Label file contents for one image ("" when there are no objects -> an empty file).
 
     "detect": `class cx cy w h` per record from its clipped box. "segment": `class x y x y ...`
-    from the record's largest polygon, or its box outline when it has no polygons, so a file
-    is all polygon rows.
+    from the record's polygons joined into one (`merge_polygons`: a row holds one polygon), or
+    its box outline when it has none, so a file is all polygon rows.
     """
     if task not in ("detect", "segment"):
         raise ValueError(f"task must be 'detect' or 'segment', got {task!r}")
