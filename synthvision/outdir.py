@@ -92,11 +92,16 @@ def _remove_empty_folders(root: Path) -> None:
 
 
 def remove_own_outputs(
-    out_dir: Path,
-    trees: tuple[str, ...] = OWN_TREES,
-    files: tuple[str, ...] = (*OWN_FILES, MARKER),
+    out_dir: Path, trees: tuple[str, ...] = OWN_TREES, files: tuple[str, ...] = OWN_FILES
 ) -> None:
-    """Remove what synthvision wrote in `out_dir` (see `own_files`); other files stay."""
+    """Remove what synthvision wrote in `out_dir` (see `own_files`); other files stay.
+
+    The manifest goes first: interrupted half-way, the folder must not look complete. The
+    marker stays (the caller rewrites it), so an interrupted removal is an unfinished build of
+    the old spec, which a re-run resumes or `--overwrite` clears again.
+    """
+    if MANIFEST in files:
+        (out_dir / MANIFEST).unlink(missing_ok=True)
     for path in own_files(out_dir, trees):
         path.unlink(missing_ok=True)
     for tree in trees:

@@ -21,7 +21,7 @@ from synthvision.config import AugmentSpec
 from synthvision.errors import SpecError
 from synthvision.structures import Instances, Sample
 
-from .helpers import coco_self_eval_ap
+from .helpers import coco_self_eval_ap, dataset_digests
 
 A = pytest.importorskip("albumentations")
 
@@ -475,6 +475,12 @@ def test_augment_command_is_reproducible_and_guards_out(coco_source: Path, tmp_p
         augment_dataset(coco_source, a, preset="night", variants=2, seed=5)
     augment_dataset(coco_source, a, preset="night", variants=1, seed=5, overwrite=True)
     assert len(list((a / "coco/images/train").iterdir())) == 3
+    # An OUT that holds the source is refused before anything is written or removed.
+    before = dataset_digests(a)
+    for src, out in ((a, a), (a / "coco", a), (a / "coco/annotations/instances_train.json", a)):
+        with pytest.raises(SpecError, match="holds the source dataset"):
+            augment_dataset(src, out, preset="light", variants=1, seed=5, overwrite=True)
+    assert dataset_digests(a) == before
 
 
 def test_augment_command_yolo_source(coco_source: Path, tmp_path: Path) -> None:

@@ -149,6 +149,25 @@ def test_rerun_is_complete_and_other_specs_are_refused(tmp_path: Path) -> None:
     )
 
 
+def test_overwrite_interrupted_never_leaves_a_complete_looking_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synthvision import outdir
+
+    build(small_spec(), tmp_path, show_progress=False)
+
+    def interrupted(root: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outdir, "_remove_empty_folders", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build(small_spec(seed=99), tmp_path, show_progress=False, overwrite=True)
+    assert not (tmp_path / "manifest.json").exists()
+    monkeypatch.undo()
+    result = build(small_spec(), tmp_path, show_progress=False)  # the old spec: resumed
+    assert result.generated == 9 and validate_dataset(tmp_path) == []
+
+
 def test_overwrite_into_a_foreign_directory_never_replaces_its_files(tmp_path: Path) -> None:
     (tmp_path / "spec.yaml").write_text("the user's own spec")
     (tmp_path / "coco").mkdir()

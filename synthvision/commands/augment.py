@@ -262,6 +262,20 @@ def _fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _refuse_overlap(src: Path, images: Path | None, out: Path) -> None:
+    """OUT may not hold the source: writing (or --overwrite clearing) OUT would destroy it."""
+    target = out.resolve()
+    for given in (src, images):
+        if given is None:
+            continue
+        path = given.resolve()
+        if path == target or target in path.parents:
+            raise SpecError(
+                f"the output {str(out)!r} holds the source dataset {str(given)!r}: augmenting "
+                "into it would overwrite the source; choose an OUT outside the source"
+            )
+
+
 def augment_dataset(
     src: Path,
     out: Path,
@@ -323,6 +337,7 @@ def augment_dataset(
         raise SpecError(
             message.replace("augment.pipeline / augment.file", "--pipeline FILE")
         ) from None
+    _refuse_overlap(src, images, out)
     source = detect_source(src, images, source_format)
     masks_mode: CocoMasks = coco_masks or ("rle" if source.has_masks else "none")
     task: YoloTask = yolo_task or (
