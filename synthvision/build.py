@@ -35,7 +35,7 @@ from synthvision.formats.images import IMAGE_SUFFIX, encode_image, write_bytes_a
 from synthvision.formats.records import instance_records, instances_from_records
 from synthvision.formats.yolo import write_data_yaml, yolo_label_text
 from synthvision.generators import SCENE_GENERATORS, SceneGenerator
-from synthvision.outdir import MANIFEST, prepare_output_dir
+from synthvision.outdir import MANIFEST, prepare_output_dir, remove_stale_tmp
 from synthvision.plan import ImageJob, make_plan, planned_class_counts
 from synthvision.shards import RECORDS_FILE, SHARDS_DIR, RecordIndex, ShardWriter, scan_records
 from synthvision.structures import ClassMap, Sample
@@ -371,10 +371,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def merge(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> dict[str, Any]:
     """Write COCO + YOLO from the shards in index order; returns counts for the manifest."""
-    # Every rank is done: temporary image files of killed ranks (also of rank numbers that did
-    # not run again, e.g. a resume with fewer processes) are garbage now.
-    for stale in (out_dir / SHARDS_DIR).glob("rank-*/images/.*.tmp*"):
-        stale.unlink(missing_ok=True)
+    # Every rank is done: temporary files of killed ranks (also of rank numbers that did not
+    # run again, e.g. a resume with fewer processes) and of an interrupted merge are garbage.
+    remove_stale_tmp(out_dir)
     class_map = ClassMap(spec.class_names)
     export = spec.export
     splits = list(spec.splits)

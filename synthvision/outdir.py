@@ -79,6 +79,18 @@ def own_files(out_dir: Path, trees: tuple[str, ...] = OWN_TREES) -> list[Path]:
     return files
 
 
+def remove_stale_tmp(out_dir: Path) -> None:
+    """Remove the temporary files interrupted atomic writes left in synthvision's own places.
+
+    Call it only when no process of the build is writing (before the merge).
+    """
+    stale = [p for p in own_files(out_dir) if _TMP_NAME.match(p.name)]
+    top = (*OWN_FILES, MARKER)
+    stale += [p for p in out_dir.glob(".*.tmp*") if any(p.name.startswith(f".{n}.") for n in top)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
 def _remove_empty_folders(root: Path) -> None:
     """Remove `root` and its sub-folders, bottom up, where they are empty."""
     if not root.is_dir() or root.is_symlink():

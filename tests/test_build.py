@@ -214,10 +214,20 @@ def test_resume_after_lost_records_regenerates_only_those(tmp_path: Path) -> Non
     stale = out / "shards/rank-00001/images/.000000007.jpg.x1y2.tmp"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"partial")
+    # ... and the temporary files of a merge killed half-way
+    merge_tmp = [
+        out / "yolo/labels/val/.000000002.txt.l34qm4wl.tmp",
+        out / "coco/annotations/.instances_train.json.abc.tmp",
+        out / ".preview.png.q1w2.tmp",
+    ]
+    for path in merge_tmp:
+        path.write_bytes(b"partial")
+    users = out / ".my-notes.tmp"
+    users.write_text("mine")
     result = build(spec, out, show_progress=False)
     assert result.skipped == 5 and result.generated == 4
     assert dataset_digests(out) == dataset_digests(ref)
-    assert not stale.exists()
+    assert not any(p.exists() for p in [stale, *merge_tmp]) and users.read_text() == "mine"
 
 
 def test_augmented_variants_are_valid_and_deterministic(tmp_path: Path) -> None:

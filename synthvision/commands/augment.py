@@ -309,7 +309,12 @@ def augment_dataset(
     from synthvision.formats.images import write_bytes_atomic, write_image
     from synthvision.formats.records import instance_records
     from synthvision.formats.yolo import write_data_yaml, yolo_label_text
-    from synthvision.outdir import MANIFEST, prepare_output_dir, remove_own_outputs
+    from synthvision.outdir import (
+        MANIFEST,
+        prepare_output_dir,
+        remove_own_outputs,
+        remove_stale_tmp,
+    )
     from synthvision.registry import format_validation_error
     from synthvision.structures import ClassMap, Sample
 
@@ -367,6 +372,7 @@ def augment_dataset(
         return done
     # Partial outputs of an earlier run of these settings; the user's own files stay.
     remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
+    remove_stale_tmp(out)
     write_bytes_atomic(
         out / "spec.yaml",
         "# Written by `synthvision augment` (not a build spec): what was augmented, and how.\n"
