@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -218,6 +219,29 @@ def _epoch_order(
     return order, flip
 
 
+def _refuse_foreign_output(out: Path) -> None:
+    """Train only into a new or empty folder, or one an earlier train-cvae run wrote."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / "training.json").is_file() or (out / CHECKPOINT_SUBDIR).is_dir():
+        return
+    raise SpecError(
+        f"output folder {str(out)!r} is not empty and holds no train-cvae run (no training.json "
+        "or checkpoints/); choose a new or empty --output, so no file of yours is replaced"
+    )
+
+
+def _own_sample_grids(samples: Path) -> list[Path]:
+    """The sample grids a run writes (epoch-XXXX.png, final.png); other files are not ours."""
+    if not samples.is_dir():
+        return []
+    return [
+        p
+        for p in samples.iterdir()
+        if p.is_file() and (p.name == "final.png" or re.fullmatch(r"epoch-\d+\.png", p.name))
+    ]
+
+
 def _save_dir_atomic(write: Callable[[Path], None], target: Path) -> None:
     """Write a folder via `write(tmp)` then swap it in, so a crash never leaves half a folder."""
     tmp = target.with_name(target.name + ".tmp")
@@ -319,6 +343,7 @@ def fit(
         raise SpecError(f"{n} training crops cannot be split over {world} processes")
 
     ckpt = out / CHECKPOINT_SUBDIR
+    _refuse_foreign_output(out)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": []}
     model_kwargs = config.model_kwargs(class_names)
     resuming = resume and (ckpt / "trainer_state.json").is_file()
@@ -367,7 +392,8 @@ def fit(
     crops_seen = int(state.get("crops_seen", 0))
     if accelerator.is_main_process:
         if resumed_from == 0:  # a fresh start: drop grids of an earlier run in this folder
-            shutil.rmtree(out / "samples", ignore_errors=True)
+            for grid in _own_sample_grids(out / "samples"):
+                grid.unlink()
         (out / "samples").mkdir(parents=True, exist_ok=True)
 
     bar = _progress(enabled=progress and accelerator.is_main_process)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import colorsys
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from synthvision.formats.images import open_atomic_tmp
 from synthvision.structures import Instances
 
 _GOLDEN = 0.618033988749895
@@ -181,11 +181,10 @@ def save_preview(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = preview_grid(tiles, cols=cols, tile_px=tile_px, captions=captions)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp = open_atomic_tmp(out)
     try:
         with os.fdopen(fd, "wb") as f:
             grid.save(f, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a preview is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -113,6 +113,15 @@ def test_same_spec_gives_identical_bytes_whatever_the_batch_size(tmp_path: Path)
     assert dataset_digests(tmp_path / "c") != a
 
 
+def test_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    """Not mkstemp's 0600: a dataset must be readable by a training job of another user."""
+    from synthvision.formats.images import FILE_MODE
+
+    build(small_spec(num_images=2), tmp_path, show_progress=False)
+    modes = {p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes == {FILE_MODE} and FILE_MODE & 0o600 == 0o600
+
+
 def test_rerun_is_complete_and_other_specs_are_refused(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     build(small_spec(), out, show_progress=False)

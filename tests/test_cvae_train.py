@@ -240,6 +240,18 @@ def test_fit_on_arrays_and_sample_grid(tmp_path: Path) -> None:
     model = ConditionalVAE.from_pretrained(tmp_path / "arr", use_safetensors=True)
     assert model.has_fitted_prior and model.fitted_count.tolist() == [8.0, 8.0, 8.0]  # + flips
     assert (tmp_path / "arr" / "samples" / "final.png").is_file()
+    # Starting over in the same folder replaces the run's own files and nothing else.
+    mine = tmp_path / "arr" / "samples" / "my_photo.txt"
+    mine.write_text("mine")
+    fit(data, ids, ["a", "b", "c"], tmp_path / "arr", cfg, progress=False, resume=False)
+    assert mine.read_text() == "mine"
+    # A folder that holds no train-cvae run is refused before anything is written.
+    foreign = tmp_path / "foreign"
+    (foreign / "samples").mkdir(parents=True)
+    (foreign / "config.json").write_text("mine")
+    with pytest.raises(SpecError, match="holds no train-cvae run"):
+        fit(data, ids, ["a", "b", "c"], foreign, cfg, progress=False)
+    assert sorted(p.name for p in foreign.rglob("*")) == ["config.json", "samples"]
 
 
 def test_bad_training_inputs_are_spec_errors(tmp_path: Path, coco_dir: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NamedTuple
 
-from synthvision.formats.images import write_image
+from synthvision.formats.images import open_atomic_tmp, write_image
 from synthvision.formats.masks import polygons_area
 from synthvision.formats.records import (
     XYXY_DECIMALS,
@@ -165,9 +165,7 @@ class CocoWriter:
             return
         self._closed = True
         try:
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-            )
+            fd, tmp = open_atomic_tmp(self.path)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as out:
                     out.write('{"info":' + _dumps(self.info))

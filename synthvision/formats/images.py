@@ -51,6 +51,33 @@ def encode_image(
     return buf.getvalue()
 
 
+def _process_umask() -> int:
+    # Read once at import, before any writer thread exists: os.umask can only be read by
+    # setting it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_process_umask()  # what open() would give; mkstemp alone gives 0600
+
+
+def open_atomic_tmp(target: Path) -> tuple[int, str]:
+    """A temp file next to `target` (fd, path) with the mode a plain `open()` would create.
+
+    tempfile.mkstemp makes files 0600, which would leave a dataset unreadable to other users
+    or to a training container running as another uid.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write `data` to `path` so readers see the old file or the whole new one, never a part.
 
@@ -59,7 +86,7 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """
     target = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = open_atomic_tmp(target)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
