@@ -202,12 +202,68 @@ class Spec(_Strict):
         return self.model_dump(mode="json")
 
     def fingerprint(self) -> str:
-        """sha256 of the resolved spec: a build directory belongs to exactly one spec."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the resolved spec: a build directory belongs to exactly one spec.
+
+        Local files the spec names (an augmentation file, a checkpoint or model folder) count by
+        their contents, so editing one between an interrupted run and its resume is refused as a
+        different spec instead of mixing two datasets.
+        """
+        data = self.to_dict()
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        files = {value: content_digest(path) for value, path in referenced_files(data)}
+        if files:
+            blob += "\n" + json.dumps(files, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Spec keys whose value may name a local file or folder (else a hub id or "builtin").
+PATH_KEYS = frozenset({"file", "checkpoint", "model"})
+_WHOLE_FILE_BYTES = 64 << 20  # larger files count by size, head and tail (model weights)
+_EDGE_BYTES = 1 << 20
+
+
+def referenced_files(node: Any, key: str | None = None) -> list[tuple[str, Path]]:
+    """(value, path) of every value under a PATH_KEYS key that names an existing local path."""
+    found: list[tuple[str, Path]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found += referenced_files(v, str(k))
+    elif isinstance(node, list):
+        for v in node:
+            found += referenced_files(v, key)
+    elif isinstance(node, str) and key in PATH_KEYS:
+        path = Path(node).expanduser()
+        if path.exists():
+            found.append((node, path))
+    return found
+
+
+def content_digest(path: Path) -> str:
+    """sha256 over a file's bytes, or over a folder's files (relative names and contents).
+
+    Files over 64 MiB count by their size and first and last MiB: cheap for model weights, and
+    still content (a copy of the same model on another machine gives the same digest).
+    """
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+        size = f.stat().st_size
+        h.update(size.to_bytes(8, "little"))
+        try:
+            with open(f, "rb") as fh:
+                if size <= _WHOLE_FILE_BYTES:
+                    h.update(fh.read())
+                else:
+                    h.update(fh.read(_EDGE_BYTES))
+                    fh.seek(size - _EDGE_BYTES)
+                    h.update(fh.read(_EDGE_BYTES))
+        except OSError:  # unreadable here: its loader reports that with a clear error
+            h.update(b"unreadable")
+    return h.hexdigest()
 
 
 def _parse_value(text: str) -> Any:

@@ -1,4 +1,7 @@
+import hashlib
+import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +64,28 @@ def test_load_spec_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
 def test_fingerprint_is_stable_and_sensitive() -> None:
     assert spec().fingerprint() == spec().fingerprint()
     assert spec().fingerprint() != spec(seed=1).fingerprint()
+    # A spec naming no local file keeps the plain hash (build folders of earlier versions resume)
+    plain = json.dumps(spec().to_dict(), sort_keys=True, separators=(",", ":"))
+    assert spec().fingerprint() == hashlib.sha256(plain.encode()).hexdigest()
+
+
+def test_fingerprint_counts_the_contents_of_files_the_spec_names(tmp_path: Path) -> None:
+    pipeline = tmp_path / "aug.yaml"
+    pipeline.write_text("transform: HorizontalFlip")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    over = {
+        "augment": {"file": str(pipeline)},
+        "objects": {"name": "cvae", "params": {"checkpoint": str(ckpt)}},
+    }
+    first = spec(**over).fingerprint()
+    assert spec(**over).fingerprint() == first
+    pipeline.write_text("transform: ToGray")
+    second = spec(**over).fingerprint()
+    assert second != first
+    (ckpt / "config.json").write_text('{"latent_dim": 4}')
+    assert spec(**over).fingerprint() not in (first, second)
 
 
 def test_splits_are_exact_for_every_prefix() -> None:
