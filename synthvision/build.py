@@ -250,6 +250,7 @@ def generate_shard(
     jobs: Sequence[ImageJob] | None = None,
     tick: Callable[[int], None] | None = None,
     labeler: Any = None,
+    augmentation: _Augmentation | None = None,
 ) -> int:
     """Generate and write `items` (this rank's share: `shard_items`) into this rank's shard.
 
@@ -261,7 +262,7 @@ def generate_shard(
     wanted = set(items)
     suffix = IMAGE_SUFFIX[spec.export.image_format]
     export = spec.export
-    augmentation = _Augmentation(spec)
+    augmentation = _Augmentation(spec) if augmentation is None else augmentation
     writer = ShardWriter(out_dir, ctx.rank)
 
     def write_item(out_index: int, item: Sample, split: str) -> None:
@@ -509,6 +510,7 @@ def build(
     jobs = make_plan(spec)  # validates count targets before anything is written
     generator = create_scene_generator(spec)  # once per process: models load once per rank
     labeler = create_labeler(spec)
+    augmentation = _Augmentation(spec)  # a bad augment section fails here, before any write
     fingerprint = spec.fingerprint()
     manifest_path = out / MANIFEST
     k = variants_per_image(spec)
@@ -554,6 +556,7 @@ def build(
                 jobs=jobs,
                 tick=own_tick,
                 labeler=labeler,
+                augmentation=augmentation,
             )
         except Exception as exc:  # shared with the other ranks, then re-raised
             error = exc

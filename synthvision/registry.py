@@ -97,10 +97,17 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         path = ".".join(p for p in (prefix, loc) if p)
-        msg = err["msg"]
+        msg = str(err["msg"]).removeprefix("Value error, ")  # our validators' own sentences
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the README for the keys allowed here)"
         got = err.get("input")
-        detail = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
-        lines.append(f"{path or '<spec>'}: {msg}{detail}")
+        detail = f" (got {_short_repr(got)})"
+        if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict):
+            detail = ""  # a whole section as input: the message names the keys at fault
+        lines.append(f"{path}: {msg}{detail}" if path else f"{msg}{detail}")
     return "; ".join(lines)
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -42,6 +42,10 @@ BAD_SPECS = {
         "background.params.wat",
     ),
     "class unknown to the source": ({**GOOD, "classes": [{"name": "zebra"}]}, "zebra"),
+    "unknown augmentation preset": ({**GOOD, "augment": {"preset": "foo"}}, "foo"),
+    "missing augmentation file": ({**GOOD, "augment": {"file": "nofile.yaml"}}, "nofile.yaml"),
+    "reversed range": ({**GOOD, "objects_per_image": [6, 1]}, "objects_per_image"),
+    "repeated class": ({**GOOD, "classes": [{"name": "disc"}, {"name": "disc"}]}, "disc"),
 }
 
 
@@ -54,7 +58,8 @@ def test_bad_spec_is_one_line_exit_2_no_manifest(tmp_path: Path, case: str) -> N
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
     assert "Traceback" not in res.stderr
-    assert not (out / "manifest.json").exists()
+    assert len(lines[0]) < 250, "the message quotes what is wrong, not the whole spec"
+    assert not out.exists()  # nothing written: the fixed command runs without --overwrite
 
 
 def test_unwritable_output_directory(tmp_path: Path) -> None:
