@@ -7,6 +7,7 @@ traceback. Heavy modules are imported inside commands so `synthvision --help` st
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -44,8 +45,55 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             _err("interrupted; re-run the same command to resume where it stopped")
             raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.errno not in _DISK_ERRNOS:
+                raise
+            where = f" writing {exc.filename}" if exc.filename else ""
+            _err(
+                f"{_DISK_ERRNOS[exc.errno]}{where}; make room (or choose another --out) and "
+                "re-run the same command: finished work is kept"
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_DISK_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system"}  # fmt: skip
+
+
+def data_errors(hint: str) -> Callable[[F], F]:
+    """For commands that read a user's dataset: a malformed file is bad input (one line, exit 2).
+
+    Their readers check what they rely on; what slips through (a truncated JSON or image, a
+    field of the wrong type) surfaces as one of these exceptions, named with the file at fault.
+    """
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except SpecError:  # already says what is wrong
+                raise
+            except OSError as exc:
+                if exc.errno in _DISK_ERRNOS:
+                    raise
+                raise SpecError(f"{_describe(exc)}; {hint.format(**kwargs)}") from None
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+                raise SpecError(
+                    f"malformed input ({_describe(exc)}); {hint.format(**kwargs)}"
+                ) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
 
 
 @app.command()
@@ -163,6 +211,7 @@ def validate(
 
 @app.command()
 @user_errors
+@data_errors("`synthvision validate {dataset}` lists every problem of a build folder")
 def preview(
     dataset: Annotated[Path, typer.Argument(help="A directory written by `synthvision build`.")],
     out: Annotated[
@@ -192,16 +241,17 @@ def _register_optional_commands() -> None:
     """Commands that live in their own modules (they import heavy packages lazily)."""
     import importlib
 
-    for module, attr, name in (
-        ("synthvision.commands.augment", "augment_command", "augment"),
-        ("synthvision.commands.train_cvae", "train_cvae_command", "train-cvae"),
-        ("synthvision.commands.audit", "audit_command", "audit"),
-    ):
+    for module, attr, name, hint in (
+        ("synthvision.commands.augment", "augment_command", "augment", "check the files of {src}"),
+        ("synthvision.commands.train_cvae", "train_cvae_command", "train-cvae",
+         "check the files of {data}"),
+        ("synthvision.commands.audit", "audit_command", "audit", "check the files of {run_dir}"),
+    ):  # fmt: skip
         try:
             func = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError):
             continue
-        app.command(name)(user_errors(func))
+        app.command(name)(user_errors(data_errors(hint)(func)))
 
 
 _register_optional_commands()

@@ -90,6 +90,16 @@ def test_build_validate_preview_round_trip(tmp_path: Path) -> None:
     next((out / "yolo/labels/train").glob("*.txt")).write_text("0 0.5 0.5 1.5 0.2\n")
     res = run("validate", str(out))
     assert res.returncode == 1 and "problem:" in res.stdout
+    # Damaged files reach preview and augment as bad input: one line, exit 2, no traceback.
+    ann = out / "coco/annotations/instances_train.json"
+    ann.write_text(ann.read_text()[:100])
+    res = run("preview", str(out))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "JSONDecodeError" in res.stderr and f"synthvision validate {out}" in res.stderr
+    ann.write_text('{"images": [], "annotations": [], "categories": [{"id": 1, "name": 3}]}')
+    res = run("augment", str(out), str(tmp_path / "aug"), "--preset", "light")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
 
 
 def test_validate_missing_dir_is_exit_2(tmp_path: Path) -> None:
