@@ -100,6 +100,8 @@ def resolve_source(
         return DataSource(kind="yolo", path=str(p.resolve()), split=split, **common)
     if kind == "yolo":
         raise SpecError(f"{data}: not a YOLO dataset (no data.yaml in it)")
+    if p.is_dir() and (p / "coco" / "annotations").is_dir():  # a synthvision build folder
+        p = p / "coco"
     if p.is_dir():  # a COCO dataset folder: annotations/instances*.json
         found = (
             sorted((p / "annotations").glob("instances*.json"))
@@ -210,10 +212,15 @@ def crops_from_coco(
 
     Alpha is the instance mask (RLE or polygons) with `use_masks`, else the filled box; an
     annotation without segmentation gets its box. Crowd annotations (`iscrowd: 1`) are skipped.
-    Images are looked up under `images_dir`, else `<annotations>/../images`, else next to the
-    JSON. Keys are `coco:<image id>:<k>`, k the annotation's rank by id within its image.
+    Images are looked up under `images_dir` (and its split subfolder), else in the usual
+    layouts next to the annotations (`coco_image_dir_candidates`: `../images/{split}`, ...).
+    Keys are `coco:<image id>:<k>`, k the annotation's rank by id within its image.
     """
-    from synthvision.formats.coco import load_coco
+    from synthvision.formats.coco import (
+        coco_image_dir_candidates,
+        coco_split_name,
+        load_coco,
+    )
 
     ann_path = Path(annotations)
     if not ann_path.is_file():
@@ -226,9 +233,9 @@ def crops_from_coco(
     _check_classes(classes, class_map.names, str(ann_path))
     wanted = set(classes) if classes else set(class_map.names)
     wanted_ids = {class_map.id(n) for n in wanted}
-    roots = (
-        [Path(images_dir)] if images_dir else [ann_path.parent.parent / "images", ann_path.parent]
-    )
+    split = coco_split_name(ann_path)
+    given = Path(images_dir) if images_dir else None
+    roots = [r for r in coco_image_dir_candidates(ann_path, split, given) if r.is_dir()]
     out: list[Crop] = []
     for img in images:
         inst = img.instances

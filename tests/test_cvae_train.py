@@ -164,6 +164,23 @@ def test_crops_from_yolo(yolo_dir: Path) -> None:
         resolve_source(str(yolo_dir / "nope"))
 
 
+def test_crops_from_a_synthvision_build(tmp_path: Path) -> None:
+    """A build folder, its coco/ folder, or its annotations file: images/{split} is found."""
+    from synthvision.build import build
+    from synthvision.crops import load_crops
+
+    from .helpers import small_spec
+
+    build(small_spec(num_images=3, objects_per_image=[1, 2]), tmp_path, show_progress=False)
+    ann = tmp_path / "coco/annotations/instances_train.json"
+    counts = set()
+    for data in (tmp_path, tmp_path / "coco", ann):
+        source = resolve_source(str(data), min_size=4)
+        assert source.kind == "coco" and Path(source.path) == ann.resolve()
+        counts.add(len(load_crops(source)))
+    assert len(counts) == 1 and counts.pop() > 0
+
+
 def test_holdout_split_is_per_class_and_seeded(coco_dir: Path) -> None:
     crops = crops_from_coco(coco_dir / "annotations" / "instances_train.json")
     train, held = split_holdout(crops, 0.34, seed=3)

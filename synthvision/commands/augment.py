@@ -65,40 +65,6 @@ class SourceDataset:
     num_images: int
 
 
-def _split_name(ann_path: Path) -> str:
-    if ann_path.name == "_annotations.coco.json":  # Roboflow: {split}/_annotations.coco.json
-        return ann_path.parent.name
-    stem = ann_path.stem
-    if stem in ("instances", "annotations"):  # one file without a split suffix: all training
-        return "train"
-    name = stem[len("instances_") :] if stem.startswith("instances_") else stem
-    ok = name and name.replace("_", "").replace("-", "").isalnum()
-    return name if ok else "train"
-
-
-def _coco_images_dir(
-    ann_path: Path, split: str, first_file: str | None, images: Path | None
-) -> Path:
-    parent = ann_path.parent
-    root = parent.parent if parent.name == "annotations" else parent
-    candidates = [images / split, images] if images is not None else []
-    candidates += [
-        root / "images" / split,
-        root / "images",
-        root / split,
-        parent / "images",
-        parent,
-    ]
-    for cand in candidates:
-        if cand.is_dir() and (first_file is None or (cand / first_file).is_file()):
-            return cand
-    tried = ", ".join(str(c) for c in candidates)
-    raise SpecError(
-        f"cannot find the images of {ann_path} (looked for {first_file!r} in {tried}); "
-        "pass --images DIR"
-    )
-
-
 def _load_rgb(path: Path, size_hw: tuple[int, int] | None) -> npt.NDArray[np.uint8]:
     import numpy as np
     from PIL import Image
@@ -117,7 +83,7 @@ def _load_rgb(path: Path, size_hw: tuple[int, int] | None) -> npt.NDArray[np.uin
 
 
 def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
-    from synthvision.formats.coco import annotation_record
+    from synthvision.formats.coco import annotation_record, coco_images_dir, coco_split_name
     from synthvision.formats.records import instances_from_records
 
     docs: list[tuple[Path, str, dict[str, Any]]] = []
@@ -134,7 +100,7 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
         if names is not None and these != names:
             raise SpecError(f"{ann_path}: categories differ from {ann_paths[0].name}'s")
         names = these
-        docs.append((ann_path, _split_name(ann_path), doc))
+        docs.append((ann_path, coco_split_name(ann_path), doc))
     if not names:
         raise SpecError(f"{ann_paths[0]}: the COCO file has no categories")
     splits = [s for _, s, _ in docs]
@@ -156,7 +122,7 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
                     by_image.setdefault(int(a["image_id"]), []).append(a)
             entries = doc["images"]
             first = str(entries[0]["file_name"]) if entries else None
-            folder = _coco_images_dir(ann_path, split, first, images)
+            folder = coco_images_dir(ann_path, split, first, images)
             for img in entries:
                 size_hw = (int(img["height"]), int(img["width"]))
                 anns = sorted(by_image.get(int(img["id"]), []), key=lambda a: int(a["id"]))

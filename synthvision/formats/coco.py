@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NamedTuple
 
+from synthvision.errors import SpecError
 from synthvision.formats.images import open_atomic_tmp, write_image
 from synthvision.formats.masks import polygons_area
 from synthvision.formats.records import (
@@ -304,11 +305,55 @@ def save_coco(
         return writer.num_images
 
 
+def coco_split_name(ann_path: Path) -> str:
+    """The split an annotations file holds: instances_val.json -> "val"; no suffix -> "train"."""
+    if ann_path.name == "_annotations.coco.json":  # Roboflow: {split}/_annotations.coco.json
+        return ann_path.parent.name
+    stem = ann_path.stem
+    if stem in ("instances", "annotations"):  # one file without a split suffix: all training
+        return "train"
+    name = stem[len("instances_") :] if stem.startswith("instances_") else stem
+    ok = name and name.replace("_", "").replace("-", "").isalnum()
+    return name if ok else "train"
+
+
+def coco_image_dir_candidates(ann_path: Path, split: str, images: Path | None = None) -> list[Path]:
+    """Where the images of an annotations file may be, most specific first.
+
+    `images` (given by the user) and its `split` subfolder first, then the common layouts:
+    root/images/{split} (synthvision, Ultralytics' COCO), root/images, root/{split}, ...,
+    where root is the folder above annotations/.
+    """
+    parent = ann_path.parent
+    root = parent.parent if parent.name == "annotations" else parent
+    candidates = [images / split, images] if images is not None else []
+    return [*candidates, root / "images" / split, root / "images", root / split,
+            parent / "images", parent]  # fmt: skip
+
+
+def coco_images_dir(
+    ann_path: Path, split: str, first_file: str | None, images: Path | None
+) -> Path:
+    """The first candidate folder that holds `first_file` (any existing one when None)."""
+    candidates = coco_image_dir_candidates(ann_path, split, images)
+    for cand in candidates:
+        if cand.is_dir() and (first_file is None or (cand / first_file).is_file()):
+            return cand
+    tried = ", ".join(str(c) for c in candidates)
+    raise SpecError(
+        f"cannot find the images of {ann_path} (looked for {first_file!r} in {tried}); "
+        "pass --images DIR"
+    )
+
+
 __all__ = [
     "CocoImage",
     "CocoWriter",
     "annotation_record",
     "coco_annotation",
+    "coco_image_dir_candidates",
+    "coco_images_dir",
+    "coco_split_name",
     "load_coco",
     "save_coco",
 ]
