@@ -133,7 +133,8 @@ class Spec(_Strict):
         str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     ]
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
-    num_images: PositiveInt
+    # The plan holds one job per image in memory (~200 bytes each): 10 million is ~2 GB.
+    num_images: Annotated[int, Field(gt=0, le=10_000_000)]
     image_size: tuple[PositiveInt, PositiveInt] = Field(
         default=(512, 512), description="(height, width) in pixels"
     )
@@ -141,7 +142,9 @@ class Spec(_Strict):
         default_factory=lambda: {"train": 0.9, "val": 0.1}
     )
     classes: list[ClassSpec]
-    objects_per_image: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (1, 6)
+    objects_per_image: tuple[
+        Annotated[int, Field(ge=0, le=1000)], Annotated[int, Field(ge=0, le=1000)]
+    ] = (1, 6)
     objects: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="procedural"))
     background: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="procedural"))
     scene: ComponentSpec = Field(

@@ -22,6 +22,8 @@ def spec(**over):  # type: ignore[no-untyped-def]
         ({**BASE, "colour": 1}, "colour: unknown key"),
         ({**BASE, "num_images": "many"}, "num_images"),
         ({**BASE, "num_images": 0}, "num_images"),
+        ({**BASE, "num_images": 10**12}, "num_images"),  # would hang planning, not fail
+        ({**BASE, "objects_per_image": [0, 10**9]}, "objects_per_image.1"),
         ({**BASE, "classes": []}, "classes"),
         ({**BASE, "image_size": [0, 64]}, "image_size.0"),
         ({**BASE, "classes": [{"name": "a", "count": -3}]}, "classes.0.count"),
