@@ -7,6 +7,8 @@
                            #         masks bool (N, H, W), image_id, area, iscrowd
 
 Reads the COCO export (annotations once, images lazily), so it works in DataLoader workers.
+Masks come from each annotation's segmentation; a build exported with `coco_masks: none` has
+none, and its masks are then the filled boxes (pass `with_masks=False` to leave them out).
 """
 
 from __future__ import annotations
