@@ -151,11 +151,16 @@ def _progress(enabled: bool, total: int, done: int, label: str) -> Iterator[Call
     )
 
     class _Rate(TextColumn):
-        def render(self, task: Any) -> Any:  # images/s of this run, not counting skipped ones
+        def render(self, task: Any) -> Any:
+            # Images made by this run over its time. rich's own speed counts the images a
+            # resume skipped, and reads bursts (a batch lands at once) as a huge rate.
             from rich.text import Text
 
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:6.1f} img/s" if speed else "   -- img/s")
+            elapsed = task.finished_time if task.finished_time is not None else task.elapsed
+            made = task.completed - done
+            if not elapsed or made <= 0:
+                return Text("   -- img/s")
+            return Text(f"{made / elapsed:6.1f} img/s")
 
     columns = (
         TextColumn("[bold]{task.description}"),
