@@ -206,7 +206,9 @@ def validate(
     if problems:
         typer.echo(f"{dataset}: {len(problems)} problem(s) found", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{dataset}: valid (COCO, YOLO, images, and COCO/YOLO agreement)")
+    formats = [f for f in ("COCO", "YOLO") if (dataset / f.lower()).is_dir()]
+    checked = [*formats, "images", *(["COCO/YOLO agreement"] if len(formats) == 2 else [])]
+    typer.echo(f"{dataset}: valid ({', '.join(checked[:-1])} and {checked[-1]})")
 
 
 @app.command()

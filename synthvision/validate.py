@@ -586,13 +586,13 @@ def _check_yolo_split(
     task: Any,
     images: _ImageCheck,
     p: _Problems,
-) -> dict[str, tuple[tuple[int, int], list[_Row]]] | None:
+) -> dict[str, tuple[tuple[int, int], list[_Row]] | None] | None:
     image_dir = yolo_dir / "images" / split
     label_dir = yolo_dir / "labels" / split
     if not label_dir.is_dir():
         p.add("yolo-layout", f"yolo/labels/{split}/ is missing")
         return None
-    result: dict[str, tuple[tuple[int, int], list[_Row]]] = {}
+    result: dict[str, tuple[tuple[int, int], list[_Row]] | None] = {}
     stems: dict[str, str] = {}
     for f in sorted(image_dir.iterdir()):
         if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
@@ -602,6 +602,7 @@ def _check_yolo_split(
             p.add("yolo-layout", f"yolo/images/{split}: {stems[f.stem]} and {f.name} share a label")
             continue
         stems[f.stem] = f.name
+        result[f.name] = None  # present; None until its label file checks out
         size = images.size_hw(f)
         if isinstance(size, str):
             p.add("images", f"yolo/images/{split}/{f.name}: {size}")
@@ -733,15 +734,19 @@ def _box_matches(got: tuple[float, ...], want: tuple[float, ...], exact: bool, t
 def _compare(
     split: str,
     coco: _Split,
-    yolo: dict[str, tuple[tuple[int, int], list[_Row]]],
+    yolo: dict[str, tuple[tuple[int, int], list[_Row]] | None],
     p: _Problems,
 ) -> None:
+    """`yolo[name]` is None for an image whose label file has a problem (already reported)."""
     for name in sorted(set(coco.images) - set(yolo)):
         p.add("agree", f"COCO/YOLO disagree: split {split}: {name} is in COCO, not in YOLO")
     for name in sorted(set(yolo) - set(coco.images)):
         p.add("agree", f"COCO/YOLO disagree: split {split}: {name} is in YOLO, not in COCO")
     for name in sorted(set(coco.images) & set(yolo)):
-        (size, anns), (_, rows) = coco.images[name], yolo[name]
+        checked = yolo[name]
+        if checked is None:
+            continue
+        (size, anns), (_, rows) = coco.images[name], checked
         where = f"COCO/YOLO disagree: split {split}: {name}"
         if len(anns) != len(rows):
             p.add("agree", f"{where}: {len(anns)} COCO annotations vs {len(rows)} YOLO rows")

@@ -223,6 +223,12 @@ def test_data_yaml_split_without_images(build: Path) -> None:
     assert _has(validate_dataset(build), "`val: images/empty` holds no images")
 
 
+def test_a_bad_label_row_is_named_once(build: Path) -> None:
+    (build / "yolo/labels/train/000000002.txt").write_text("0 0.5 0.5 1.5 0.2\n")
+    problems = validate_dataset(build)
+    assert len(problems) == 1 and "yolo/labels/train/000000002.txt" in problems[0]
+
+
 def test_coco_yolo_disagreement(build: Path) -> None:
     label = build / "yolo" / "labels" / "train" / "000000002.txt"
     rows = label.read_text().splitlines()

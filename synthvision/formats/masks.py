@@ -178,9 +178,9 @@ def merge_polygons(polygons: Sequence[Sequence[float]]) -> Polygon | None:
         best: tuple[float, int, int, int] | None = None
         for k, part in enumerate(rest):
             d2 = ((path[:, None, :] - part[None, :, :]) ** 2).sum(axis=-1)  # (len(path), len(part))
-            i, j = np.unravel_index(int(np.argmin(d2)), d2.shape)
-            if best is None or d2[i, j] < best[0]:
-                best = (float(d2[i, j]), k, int(i), int(j))
+            pi, pj = np.unravel_index(int(np.argmin(d2)), d2.shape)
+            if best is None or d2[pi, pj] < best[0]:
+                best = (float(d2[pi, pj]), k, int(pi), int(pj))
         assert best is not None
         _, k, i, j = best
         loop = np.roll(rest.pop(k), -j, axis=0)  # the part, starting at its bridge vertex
