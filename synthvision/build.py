@@ -37,6 +37,7 @@ from synthvision.formats.yolo import write_data_yaml, yolo_label_text
 from synthvision.generators import SCENE_GENERATORS, SceneGenerator
 from synthvision.outdir import MANIFEST, prepare_output_dir, remove_stale_tmp
 from synthvision.plan import ImageJob, make_plan, planned_class_counts
+from synthvision.progress import progress_bar
 from synthvision.shards import RECORDS_FILE, SHARDS_DIR, RecordIndex, ShardWriter, scan_records
 from synthvision.structures import ClassMap, Sample
 
@@ -55,6 +56,14 @@ class BuildResult:
     skipped: int  # images found finished from an earlier run (by any rank)
     manifest: dict[str, Any] | None  # on every rank
     seconds: float
+
+
+def command_line() -> str:
+    """The command as the user typed it, for the manifest (`python -m synthvision` included)."""
+    prog = Path(sys.argv[0]).name
+    if prog == "__main__.py":  # python -m synthvision: argv[0] is the module's file
+        prog = "python -m synthvision"
+    return " ".join([prog, *sys.argv[1:]])
 
 
 def variants_per_image(spec: Spec) -> int:
@@ -134,45 +143,6 @@ def _record(sample: Sample, split: str, spec: Spec) -> dict[str, Any]:
         ),
         "metadata": sample.metadata,
     }
-
-
-@contextmanager
-def _progress(enabled: bool, total: int, done: int, label: str) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    class _Rate(TextColumn):
-        def render(self, task: Any) -> Any:
-            # Images made by this run over its time. rich's own speed counts the images a
-            # resume skipped, and reads bursts (a batch lands at once) as a huge rate.
-            from rich.text import Text
-
-            elapsed = task.finished_time if task.finished_time is not None else task.elapsed
-            made = task.completed - done
-            if not elapsed or made <= 0:
-                return Text("   -- img/s")
-            return Text(f"{made / elapsed:6.1f} img/s")
-
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(""),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(label, total=total, completed=done)
-        yield lambda n: bar.advance(task, n)
 
 
 class _RecordPoller:
@@ -548,7 +518,7 @@ def build(
     t_gen = time.perf_counter()
     error: Exception | None = None
     written = 0
-    with _progress(show_progress, num_items, skipped, label) as tick, _polling(poller, tick):
+    with progress_bar(show_progress, num_items, skipped, label) as tick, _polling(poller, tick):
         try:
             own_tick = tick if poller is None else None  # the poller counts this rank too
             written = generate_shard(
@@ -594,7 +564,7 @@ def build(
             "spec_fingerprint": fingerprint,
             "spec": spec.to_dict(),
             "versions": package_versions(),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": command_line(),
             "world_size": ctx.world_size,
             "counts": counts,
             "this_run": {

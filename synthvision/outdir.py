@@ -124,7 +124,9 @@ def remove_own_outputs(
             path.unlink()
 
 
-def prepare_output_dir(out_dir: Path, fingerprint: str, overwrite: bool) -> bool:
+def prepare_output_dir(
+    out_dir: Path, fingerprint: str, overwrite: bool, option: str = "--out"
+) -> bool:
     """Make `out_dir` ready for a build of the spec with `fingerprint`.
 
     Returns True when an earlier run of the same spec is resumed. Raises OutputDirError (exit 2)
@@ -132,7 +134,7 @@ def prepare_output_dir(out_dir: Path, fingerprint: str, overwrite: bool) -> bool
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(
-            f"output path {str(out_dir)!r} is a file; choose a directory with --out"
+            f"output path {str(out_dir)!r} is a file; choose a directory with {option}"
         )
     resumed = False
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -140,8 +142,8 @@ def prepare_output_dir(out_dir: Path, fingerprint: str, overwrite: bool) -> bool
         if marker is None and not overwrite:
             raise OutputDirError(
                 f"output directory {str(out_dir)!r} is not empty and is not a synthvision output; "
-                "choose another --out, or pass --overwrite to write synthvision's files into it "
-                "(other files are left alone)"
+                f"choose another {option}, or pass --overwrite to write synthvision's files into "
+                "it (other files are left alone)"
             )
         if marker is None:
             # Nothing here is ours, so nothing may be replaced: refuse where a name collides.
@@ -149,15 +151,15 @@ def prepare_output_dir(out_dir: Path, fingerprint: str, overwrite: bool) -> bool
             if taken:
                 raise OutputDirError(
                     f"output directory {str(out_dir)!r} is not a synthvision output and already "
-                    f"has {', '.join(taken)}, which a build writes; choose another --out, or move "
-                    "them away first"
+                    f"has {', '.join(taken)}, which a build writes; choose another {option}, or "
+                    "move them away first"
                 )
         if marker is not None and marker.get("spec_fingerprint") == fingerprint and not overwrite:
             resumed = True
         elif marker is not None and not overwrite:
             raise OutputDirError(
                 f"output directory {str(out_dir)!r} holds a build of a different spec; choose "
-                "another --out, or pass --overwrite to replace that build"
+                f"another {option}, or pass --overwrite to replace that build"
             )
         elif marker is not None:
             remove_own_outputs(out_dir)
@@ -169,7 +171,7 @@ def prepare_output_dir(out_dir: Path, fingerprint: str, overwrite: bool) -> bool
     except OSError as exc:
         raise OutputDirError(
             f"cannot write to output directory {str(out_dir)!r}: {exc.strerror or exc}; "
-            "choose a writable --out"
+            f"choose a writable {option}"
         ) from None
     if not resumed:
         tmp = out_dir / f"{MARKER}.tmp"

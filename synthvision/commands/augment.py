@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -260,6 +259,7 @@ def augment_dataset(
     jpeg_quality: int = 90,
     coco_masks: CocoMasks | None = None,
     yolo_task: YoloTask | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Augment the dataset at `src` into `out` (COCO + YOLO); returns the manifest.
 
@@ -270,6 +270,7 @@ def augment_dataset(
 
     from synthvision import __version__
     from synthvision.augment import Augmenter, output_index
+    from synthvision.build import command_line
     from synthvision.config import AugmentSpec
     from synthvision.formats.coco import CocoWriter
     from synthvision.formats.images import write_bytes_atomic, write_image
@@ -281,6 +282,7 @@ def augment_dataset(
         remove_own_outputs,
         remove_stale_tmp,
     )
+    from synthvision.progress import progress_bar
     from synthvision.registry import format_validation_error
     from synthvision.structures import ClassMap, Sample
 
@@ -332,7 +334,7 @@ def augment_dataset(
             "yolo_task": task,
         },
     }
-    resumed = prepare_output_dir(out, _fingerprint(settings), overwrite)
+    resumed = prepare_output_dir(out, _fingerprint(settings), overwrite, option="OUT")
     if resumed and (out / MANIFEST).is_file():  # the same run already finished: nothing to do
         done: dict[str, Any] = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         return done
@@ -371,7 +373,11 @@ def augment_dataset(
                 info={**info, "description": f"{info['description']} ({split})"},
                 mask_mode=masks_mode,
             )
-        with open(out / PROVENANCE, "w", encoding="utf-8") as provenance:
+        total_out = source.num_images * per_source
+        with (
+            open(out / PROVENANCE, "w", encoding="utf-8") as provenance,
+            progress_bar(progress, total_out, 0, "augment") as tick,
+        ):
             for k, item in enumerate(source.images):
                 image = _load_rgb(item.path, item.size_hw)
                 if len(item.instances) and int(item.instances.class_id.max()) >= len(class_map):
@@ -407,6 +413,7 @@ def augment_dataset(
                     images_per_split[item.split] += 1
                     line = {"index": o.index, "file_name": name, "split": item.split, **o.metadata}
                     provenance.write(json.dumps(line, allow_nan=False) + "\n")
+                    tick(1)
         for writer in writers.values():
             writer.close()
     except BaseException:
@@ -421,7 +428,7 @@ def augment_dataset(
         "synthvision_version": __version__,
         "kind": "augment",
         **settings,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
         "counts": {
             "source_images": source.num_images,
             "images": {"total": total, **images_per_split},
@@ -492,6 +499,7 @@ def augment_command(
     yolo_task: Annotated[
         str | None, typer.Option(help="detect or segment (default: as SRC).")
     ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Augment an existing COCO or YOLO dataset SRC into a new dataset OUT (COCO + YOLO)."""
     if coco_masks not in (None, "rle", "polygon", "none"):
@@ -517,6 +525,7 @@ def augment_command(
         jpeg_quality=jpeg_quality,
         coco_masks=coco_masks,  # type: ignore[arg-type]
         yolo_task=yolo_task,  # type: ignore[arg-type]
+        progress=progress,
     )
     counts = manifest["counts"]
     per_split = ", ".join(f"{k} {v}" for k, v in counts["images"].items() if k != "total")
