@@ -20,9 +20,12 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # run from a checkout without `pip install -e .`
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from synthvision.cli import app
+    import typer
 
     args = sys.argv[1:] if argv is None else argv
-    app(args=["build", *args], prog_name=Path(__file__).name)
+    # The build command alone, so `--help` reads "Usage: build_dataset.py SPEC [OPTIONS]".
+    build = typer.main.get_group(app).commands["build"]
+    build.main(args=args, prog_name=Path(__file__).name)
 
 
 if __name__ == "__main__":
