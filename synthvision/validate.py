@@ -713,9 +713,10 @@ def _segment_box(
             polys = mask_to_polygons(decode_rle(seg))
         except Exception:
             polys = []
-    if not any(len(p) >= 6 for p in polys):
+    parts = [p for p in polys if len(p) >= 6]
+    if not parts:
         return ann.xyxy, False
-    x1, y1, x2, y2 = (float(v) for v in polygon_xyxy([p for p in polys if len(p) >= 6]))
+    x1, y1, x2, y2 = (float(v) for v in polygon_xyxy(parts))
     h, w = size_hw
     return (max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))), True
 

@@ -8,6 +8,7 @@ as a PNG atomically. Colours are stable per class id, so a class looks the same 
 from __future__ import annotations
 
 import colorsys
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from synthvision.formats.images import open_atomic_tmp
+from synthvision.formats.images import write_bytes_atomic
 from synthvision.structures import Instances
 
 _GOLDEN = 0.618033988749895
@@ -181,12 +182,7 @@ def save_preview(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = preview_grid(tiles, cols=cols, tile_px=tile_px, captions=captions)
-    fd, tmp = open_atomic_tmp(out)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            grid.save(f, format="PNG")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    write_bytes_atomic(out, buf.getvalue())
     return out

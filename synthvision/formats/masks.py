@@ -73,12 +73,10 @@ def polygons_to_mask(
     polygons: Sequence[Sequence[float]], size_hw: tuple[int, int]
 ) -> npt.NDArray[np.bool_]:
     """Rasterise flat pixel-edge polygons (union of parts) with pycocotools -> bool (H, W)."""
-    h, w = size_hw
-    parts = [list(map(float, p)) for p in polygons if len(p) >= 6]
-    if not parts:
-        return np.zeros((h, w), dtype=bool)
-    rles = mask_utils.frPyObjects(parts, h, w)
-    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    rle = _union_rle(polygons, size_hw)
+    if rle is None:
+        return np.zeros(size_hw, dtype=bool)
+    return mask_utils.decode(rle).astype(bool)
 
 
 def polygons_area(polygons: Sequence[Sequence[float]], size_hw: tuple[int, int]) -> int:
@@ -87,11 +85,17 @@ def polygons_area(polygons: Sequence[Sequence[float]], size_hw: tuple[int, int])
     The COCO `area` of a polygon annotation: consumers derive masks from the polygons (holes
     filled), and COCOeval buckets objects into small/medium/large by this number.
     """
+    rle = _union_rle(polygons, size_hw)
+    return 0 if rle is None else int(mask_utils.area(rle))
+
+
+def _union_rle(polygons: Sequence[Sequence[float]], size_hw: tuple[int, int]) -> Any:
+    """pycocotools RLE of the union of the polygons' parts (>= 6 numbers each); None if none."""
     h, w = size_hw
     parts = [list(map(float, p)) for p in polygons if len(p) >= 6]
     if not parts:
-        return 0
-    return int(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(parts, h, w))))
+        return None
+    return mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
 
 
 def _simplify_closed(points_xy: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
