@@ -49,6 +49,7 @@ from albumentations.core.transforms_interface import BasicTransform
 
 from synthvision import boxes, randomness
 from synthvision.errors import SpecError
+from synthvision.spec_yaml import load_yaml
 from synthvision.structures import Instances, Sample
 
 if TYPE_CHECKING:
@@ -410,7 +411,7 @@ def _read_pipeline_file(path: Path, key: str) -> Any:
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)  # YAML also reads JSON
+        return load_yaml(text)  # YAML also reads JSON
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpecError(f"{key}: {path} is not valid YAML/JSON: {_first_line(exc)}") from None
 

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthvision.errors import SpecError
 from synthvision.registry import format_validation_error
+from synthvision.spec_model import SpecModel
+from synthvision.spec_yaml import load_yaml
 
 
-class _Strict(BaseModel):
+class _Strict(SpecModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -272,7 +274,7 @@ def content_digest(path: Path) -> str:
 def _parse_value(text: str) -> Any:
     """`--set` values are YAML scalars/collections: 3, 0.5, true, [1, 2], {a: 1}, plain text."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -322,7 +324,7 @@ def load_spec_dict(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist (give the path to a YAML spec)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

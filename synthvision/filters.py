@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from synthvision import randomness
 from synthvision.errors import SpecError
+from synthvision.spec_model import SpecModel
 
 if TYPE_CHECKING:
     import torch
@@ -103,7 +104,7 @@ def to_uint8(decoded: torch.Tensor) -> npt.NDArray[np.uint8]:
 # ---------------------------------------------------------------------------------------------
 
 
-class ClipFilterParams(BaseModel):
+class ClipFilterParams(SpecModel):
     """CLIP-score filter: images whose score for their prompt is below `threshold` are retried
     (then rejected). Score = 100 * cosine(image embedding, text embedding), as in torchmetrics."""
 

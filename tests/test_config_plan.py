@@ -4,10 +4,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from synthvision.config import apply_overrides, load_spec, parse_spec
 from synthvision.errors import SpecError
+from synthvision.generators.procedural import ProceduralObjectParams
 from synthvision.plan import assign_splits, make_plan
+from synthvision.spec_yaml import load_yaml
 
 BASE = {"name": "t", "num_images": 20, "classes": [{"name": "disc"}, {"name": "star"}]}
 
@@ -33,6 +36,10 @@ def spec(**over):  # type: ignore[no-untyped-def]
         ({**BASE, "classes": [{"name": "a/../b"}]}, "classes.0.name"),
         ({**BASE, "classes": [{"name": "a"}, {"name": "a"}]}, "unique"),
         ({**BASE, "objects_per_image": [3, 1]}, "objects_per_image"),
+        # pydantic's lax mode would read these booleans as 1 / 1.0
+        ({**BASE, "num_images": True}, "num_images: expected a number, not the boolean true"),
+        ({**BASE, "layout": {"scale": [True, 0.5]}}, "layout: scale: expected a number"),
+        ({**BASE, "classes": [{"name": "a", "weight": False}]}, "classes.0: weight: expected"),
     ],
 )
 def test_bad_specs_name_the_key(data: dict, needle: str) -> None:
@@ -61,6 +68,35 @@ def test_load_spec_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
     bad.write_text("- a list\n")
     with pytest.raises(SpecError, match="mapping"):
         load_spec(bad)
+
+
+def test_booleans_stay_booleans_where_a_field_takes_them() -> None:
+    s = spec(augment={"preset": "light", "keep_original": True})
+    assert s.augment.keep_original is True
+    with pytest.raises(ValidationError, match="outline_prob: expected a number"):
+        ProceduralObjectParams.model_validate({"outline_prob": True})
+
+
+def test_spec_yaml_is_strict_where_pyyaml_is_silent(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: t\nnum_images: 20\nclasses: [{name: disc}]\nnum_images: 5\n")
+    with pytest.raises(SpecError, match="line 4: key 'num_images' is given twice"):
+        load_spec(path)
+    # merge keys may be overridden: that is what they are for
+    merged = load_yaml("base: &b {x: 1, y: 2}\nover: {<<: *b, x: 3}\n")
+    assert merged["over"] == {"x": 3, "y": 2}
+    # an alias bomb is measured, not expanded: it would take minutes and gigabytes
+    rows = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    rows += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(SpecError, match="aliases expand to more than 1,000,000 values"):
+        load_spec(path, ["num_images=3"])
+    path.write_text("x: &x [*x]\n")
+    with pytest.raises(SpecError, match="refers to a mapping or list that contains it"):
+        load_spec(path)
+    path.write_text("x: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(SpecError, match="nests mappings or lists too deeply"):
+        load_spec(path)
 
 
 def test_fingerprint_is_stable_and_sensitive() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from synthvision.compose import PlacedCrop, compose
 from synthvision.config import Spec
@@ -21,10 +21,11 @@ from synthvision.generators.base import (
 )
 from synthvision.layout import place_objects
 from synthvision.plan import ImageJob
+from synthvision.spec_model import SpecModel
 from synthvision.structures import Sample
 
 
-class ComposeParams(BaseModel):
+class ComposeParams(SpecModel):
     """Compose takes its settings from the spec's `objects`, `background` and `layout`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

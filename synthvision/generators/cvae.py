@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from synthvision.devices import resolve_device
 from synthvision.errors import SpecError
 from synthvision.generators.base import OBJECT_SOURCES, CropRequest
+from synthvision.spec_model import SpecModel
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 BUILTIN_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "cvae-builtin"
 
 
-class CVAEObjectParams(BaseModel):
+class CVAEObjectParams(SpecModel):
     """`objects.params` of the cvae object source."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from synthvision.devices import resolve_device
 from synthvision.errors import SpecError
@@ -49,6 +49,7 @@ from synthvision.generators.prompts import DEFAULT_ATTRIBUTES
 from synthvision.hub import follow_hub_progress_setting
 from synthvision.labelers import attention as attn_labels
 from synthvision.plan import ImageJob
+from synthvision.spec_model import SpecModel
 from synthvision.structures import Instances, Sample
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-class PipelineParams(BaseModel):
+class PipelineParams(SpecModel):
     """Loading and sampling parameters shared by every diffusion component.
 
     Load keys (`model` ... `safety_checker`) identify the cached pipeline; the rest apply per

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageChops, ImageDraw
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from synthvision.errors import SpecError
 from synthvision.generators.base import (
@@ -38,6 +38,7 @@ from synthvision.generators.base import (
     BackgroundRequest,
     CropRequest,
 )
+from synthvision.spec_model import SpecModel
 
 ShapeName = Literal[
     "disc", "square", "triangle", "star", "ring", "cross", "hexagon", "crescent", "heart", "arrow"
@@ -69,7 +70,7 @@ FloatArray = npt.NDArray[np.float32]
 Polygons = list[tuple[npt.NDArray[np.float64], bool]]  # (points (K, 2) in unit coords, is_hole)
 
 
-class ProceduralObjectParams(BaseModel):
+class ProceduralObjectParams(SpecModel):
     """`objects.params` of the procedural object source."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -89,7 +90,7 @@ class ProceduralObjectParams(BaseModel):
     shading_prob: Fraction = 0.5  # chance of a directional light ramp over the fill
 
 
-class ProceduralBackgroundParams(BaseModel):
+class ProceduralBackgroundParams(SpecModel):
     """`background.params` of the procedural background source."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

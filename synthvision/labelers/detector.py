@@ -20,19 +20,20 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from synthvision import boxes as box_ops
 from synthvision.errors import SpecError
 from synthvision.filters import check_model_path
 from synthvision.hub import follow_hub_progress_setting
 from synthvision.labelers.base import LABELERS
+from synthvision.spec_model import SpecModel
 from synthvision.structures import Instances, Sample
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class DetectorParams(BaseModel):
+class DetectorParams(SpecModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Annotated[str, Field(min_length=1)] = "google/owlv2-base-patch16-ensemble"
