@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field
 
 from synthvision import randomness
 from synthvision.errors import SpecError
+from synthvision.hub import local_files_only_for
 from synthvision.spec_model import SpecModel
 
 if TYPE_CHECKING:
@@ -126,17 +127,24 @@ class ClipScoreFilter:
         self.device = device
         try:
             check_model_path(params.model, f"{where}.model")
+            local_only = local_files_only_for(
+                params.model,
+                filename="config.json",
+                revision=None,
+                asked=params.local_files_only,
+                where=f"{where}.model",
+            )
             self.model = (
                 CLIPModel.from_pretrained(
                     params.model,
                     use_safetensors=params.use_safetensors,
-                    local_files_only=params.local_files_only,
+                    local_files_only=local_only,
                 )
                 .to(device)
                 .eval()
             )
             self.processor = AutoProcessor.from_pretrained(
-                params.model, local_files_only=params.local_files_only
+                params.model, local_files_only=local_only
             )
         except (OSError, ValueError) as exc:
             if isinstance(exc, SpecError):

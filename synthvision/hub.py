@@ -1,4 +1,6 @@
-"""Hugging Face loading bars: one switch for the hub, diffusers and transformers.
+"""Hugging Face hub helpers: loading bars, and failing fast when the hub cannot be reached.
+
+Loading bars: one switch for the hub, diffusers and transformers.
 
 The CLI hides them where nobody reads them (`--no-progress`, every rank but the main one of a
 launch: 8 ranks would each draw "Loading pipeline components"). huggingface_hub has the switch
@@ -7,6 +9,16 @@ the loaders call `follow_hub_progress_setting()` after importing them.
 """
 
 from __future__ import annotations
+
+import functools
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from synthvision.errors import SpecError
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def hide_loading_bars() -> None:
@@ -28,3 +40,52 @@ def follow_hub_progress_setting() -> None:
         module = sys.modules.get(name)
         if module is not None:
             module.disable_progress_bar()
+
+
+def local_files_only_for(
+    model: str, *, filename: str, revision: str | None, asked: bool, where: str
+) -> bool:
+    """The `local_files_only` to load `model` with, checked before any download is tried.
+
+    Without network, huggingface_hub retries for about a minute before diffusers reports that
+    the repository "does not appear to have a file named model_index.json", which hides the
+    cause. So for a hub id: when the hub cannot be reached, a model in the local cache loads
+    from it (`True`), and one that is not is a SpecError at once that says so. `filename` is a
+    file every snapshot of the model has (`model_index.json`, `config.json`).
+    """
+    if asked or Path(model).expanduser().is_dir():
+        return asked
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or _hub_reachable(constants.ENDPOINT):
+        return False  # offline mode fails fast by itself; online loads as usual
+    try:
+        cached = try_to_load_from_cache(model, filename, revision=revision)
+    except ValueError:  # not a valid repo id: from_pretrained words that error
+        return False
+    if isinstance(cached, str):
+        return True
+    host = urlparse(constants.ENDPOINT).hostname
+    raise SpecError(
+        f"{where}: cannot reach {host} to download {model!r}, and it is not in the local Hugging "
+        f"Face cache ({constants.HF_HUB_CACHE}); download it where there is network "
+        f"(hf download {model}) and copy the cache here, or give a local directory saved with "
+        "save_pretrained"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _hub_reachable(endpoint: str, timeout_s: float = 3.0) -> bool:
+    """One TCP connection to the hub's host (once per process). Behind a proxy the host may be
+    unreachable directly while downloads work, so a configured proxy counts as reachable."""
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return True
+    url = urlparse(endpoint)
+    if not url.hostname:
+        return True
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

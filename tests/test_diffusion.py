@@ -302,6 +302,43 @@ def test_missing_model_path_is_a_clear_spec_error(name: str, tmp_path: Any) -> N
         make(scene_spec(name, str(tmp_path)))  # exists, but holds no pipeline
 
 
+def test_unreachable_hub_is_a_clear_error_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Without network, huggingface_hub retries for a minute, then diffusers blames a missing
+    model_index.json; the loader says what is wrong before any download is tried."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from synthvision import hub
+
+    def no_network(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(hub.socket, "create_connection", no_network)
+    for name in hub._PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    hub._hub_reachable.cache_clear()
+    try:
+        with pytest.raises(SpecError, match=r"scene\.params\.model: cannot reach huggingface\.co"):
+            make(scene_spec("diffusion-attention", "someone/not-cached"))
+        # in the cache: it loads from there, without trying the hub
+        monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/c/x")
+        where = "scene.params.model"
+        assert hub.local_files_only_for(
+            "someone/cached", filename="model_index.json", revision=None, asked=False, where=where
+        )
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # the proxy may reach it
+        hub._hub_reachable.cache_clear()
+        assert not hub.local_files_only_for(
+            "someone/cached", filename="model_index.json", revision=None, asked=False, where=where
+        )
+    finally:
+        hub._hub_reachable.cache_clear()
+
+
 def test_bad_params_are_spec_errors() -> None:
     with pytest.raises(SpecError, match=r"scene\.params\.stepz"):
         make(scene_spec("diffusion-attention", tiny_models.sd_model(), stepz=3))

@@ -46,7 +46,7 @@ from synthvision.filters import (
     to_uint8,
 )
 from synthvision.generators.prompts import DEFAULT_ATTRIBUTES
-from synthvision.hub import follow_hub_progress_setting
+from synthvision.hub import follow_hub_progress_setting, local_files_only_for
 from synthvision.labelers import attention as attn_labels
 from synthvision.plan import ImageJob
 from synthvision.spec_model import SpecModel
@@ -231,12 +231,12 @@ def clear_pipeline_cache() -> None:
     _PIPELINES.clear()
 
 
-def _model_index(params: PipelineParams) -> dict[str, Any]:
+def _model_index(params: PipelineParams, local_files_only: bool) -> dict[str, Any]:
     from diffusers import DiffusionPipeline
 
     try:
         cfg = DiffusionPipeline.load_config(
-            params.model, revision=params.revision, local_files_only=params.local_files_only
+            params.model, revision=params.revision, local_files_only=local_files_only
         )
     except Exception:
         return {}
@@ -255,13 +255,20 @@ def load_pipeline(params: PipelineParams, where: str, pipeline_class: Any = None
     from diffusers import AutoPipelineForText2Image
 
     check_model_path(params.model, f"{where}.model")
+    local_only = local_files_only_for(
+        params.model,
+        filename="model_index.json",
+        revision=params.revision,
+        asked=params.local_files_only,
+        where=f"{where}.model",
+    )
     device = resolve_device(params.device)
     dtype = resolve_dtype(params.dtype, device)
-    index = _model_index(params)
+    index = _model_index(params, local_only)
     kwargs: dict[str, Any] = {
         _dtype_kwarg(): dtype,
         "use_safetensors": params.use_safetensors,
-        "local_files_only": params.local_files_only,
+        "local_files_only": local_only,
     }
     if params.variant:
         kwargs["variant"] = params.variant

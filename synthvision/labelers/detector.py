@@ -25,7 +25,7 @@ from pydantic import ConfigDict, Field
 from synthvision import boxes as box_ops
 from synthvision.errors import SpecError
 from synthvision.filters import check_model_path
-from synthvision.hub import follow_hub_progress_setting
+from synthvision.hub import follow_hub_progress_setting, local_files_only_for
 from synthvision.labelers.base import LABELERS
 from synthvision.spec_model import SpecModel
 from synthvision.structures import Instances, Sample
@@ -128,16 +128,23 @@ def _load(params: DetectorParams, device: str, dtype: Any, where: str) -> tuple[
     key = json.dumps([*loads, device, str(dtype)])
     if key in _DETECTORS:
         return _DETECTORS[key]
+    local_only = local_files_only_for(
+        params.model,
+        filename="config.json",
+        revision=params.revision,
+        asked=params.local_files_only,
+        where=f"{where}.model",
+    )
     follow_hub_progress_setting()
     try:
         processor = AutoProcessor.from_pretrained(
-            params.model, revision=params.revision, local_files_only=params.local_files_only
+            params.model, revision=params.revision, local_files_only=local_only
         )
         model = AutoModelForZeroShotObjectDetection.from_pretrained(
             params.model,
             revision=params.revision,
             use_safetensors=params.use_safetensors,
-            local_files_only=params.local_files_only,
+            local_files_only=local_only,
         )
     except (OSError, ValueError) as exc:
         lines = [ln for ln in str(exc).splitlines() if ln.strip()]
