@@ -17,6 +17,7 @@ from a local TorchScript file mapping (N, 3, S, S) floats in [0, 1] to (N, D).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,11 +158,28 @@ class AuditResult:
     flag_ratio: float
     flagged: bool
 
+    @property
+    def min_heldout(self) -> int:
+        """Held-out crops needed for 5 of them to fall below the percentile: with fewer, the
+        threshold is one or two crops' distance and the verdict is noise."""
+        return math.ceil(5 * 100 / self.percentile)
+
+    @property
+    def num_heldout_compared(self) -> int:
+        """Held-out crops with a same-class training crop to measure against."""
+        return int(np.isfinite(self.dcr_heldout).sum())
+
+    @property
+    def reliable(self) -> bool:
+        return self.num_heldout_compared >= self.min_heldout
+
     def summary(self) -> dict[str, Any]:
         expected = self.percentile / 100
         return {
             "num_generated": len(self.dcr_generated),
             "num_heldout": len(self.dcr_heldout),
+            "reliable": self.reliable,
+            "min_heldout_for_percentile": self.min_heldout,
             "percentile": self.percentile,
             "threshold": round(self.threshold, 5),
             "fraction_generated_below_threshold": round(self.fraction_below, 4),
@@ -178,13 +196,22 @@ class AuditResult:
     def verdict(self) -> str:
         s = self.summary()
         head = "POSSIBLE MEMORIZATION" if self.flagged else "no sign of memorization"
-        return (
+        if not self.reliable and not self.flagged:
+            head = "INCONCLUSIVE"
+        text = (
             f"{head}: {100 * self.fraction_below:.1f}% of {s['num_generated']} generated crops are "
             f"closer to a training crop than {self.percentile:g}% of {s['num_heldout']} held-out "
             f"real crops (expected ~{self.percentile:g}%, flag above "
             f"{100 * s['flag_if_above']:.0f}%); median DCR generated/held-out = "
             f"{s['median_dcr_ratio_generated_to_heldout']:.2f}"
         )
+        if not self.reliable:
+            text += (
+                f". Too few held-out crops: {self.num_heldout_compared} compared, the "
+                f"{self.percentile:g}th percentile needs at least {self.min_heldout} (train with a "
+                "larger --holdout, or raise --percentile)"
+            )
+        return text
 
 
 def audit_memorization(

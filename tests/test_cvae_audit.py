@@ -51,6 +51,13 @@ def test_audit_passes_fresh_real_crops(real_crops) -> None:
     (t, tc), (h, hc), (f, fc) = _args(train), _args(held), _args(fresh)
     res = audit_memorization(f, t, h, generated_classes=fc, train_classes=tc, heldout_classes=hc)
     assert not res.flagged and res.fraction_below < 0.1
+    # 30 held-out crops cannot pin down a 5th percentile: the verdict says so
+    assert not res.reliable and res.min_heldout == 100
+    assert res.verdict().startswith("INCONCLUSIVE") and "needs at least 100" in res.verdict()
+    at_20 = audit_memorization(
+        f, t, h, generated_classes=fc, train_classes=tc, heldout_classes=hc, percentile=20.0
+    )
+    assert at_20.reliable and at_20.verdict().startswith("no sign of memorization")
     summary = res.summary()
     json.dumps(summary)  # plain JSON numbers
     assert set(summary["dcr_heldout"]) == {"p5", "p25", "p50", "p75", "p95"}
@@ -98,10 +105,46 @@ def test_audit_of_a_trained_run_writes_report(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "audit" / "audit.json").is_file()
     assert (tmp_path / "run" / "audit" / "nearest_pairs.png").is_file()
     assert isinstance(result.flagged, bool)
-    assert report["prior"] == "auto"
+    assert report["prior"] == "auto" and report["reliable"] is False
+
     _, learned = audit_run(tmp_path / "run", samples_per_class=6, device="cpu", prior="learned")
     assert learned["prior"] == "learned"
     from synthvision.errors import SpecError
 
     with pytest.raises(SpecError, match="--prior must be"):
         audit_run(tmp_path / "run", samples_per_class=6, device="cpu", prior="wide")
+
+
+def test_audit_builtin_reports_outside_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`audit builtin` audits the shipped checkpoint; the installed package may be read-only,
+    so the report goes to ./cvae-builtin-audit."""
+    pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from synthvision.cli import app
+    from synthvision.crops import resolve_source
+    from synthvision.generators import cvae
+    from synthvision.train_cvae import TrainConfig, train_cvae
+
+    src = resolve_source("procedural", classes=["disc"], count_per_class=8, min_size=4)
+    cfg = TrainConfig(
+        resolution=16,
+        latent_dim=4,
+        embedding_dim=8,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        epochs=1,
+        batch_size=8,
+        holdout=0.25,
+        device="cpu",
+    )
+    train_cvae(src, tmp_path / "shipped", cfg, progress=False)
+    monkeypatch.setattr(cvae, "BUILTIN_CHECKPOINT", tmp_path / "shipped")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["audit", "builtin", "--samples-per-class", "2"])
+    assert res.exit_code == 0, res.output
+    assert "INCONCLUSIVE" in res.output and "cvae-builtin-audit/audit.json" in res.output
+    assert (tmp_path / "cvae-builtin-audit" / "nearest_pairs.png").is_file()
+    assert not (tmp_path / "shipped" / "audit").exists()

@@ -12,7 +12,11 @@ from synthvision.errors import SpecError
 
 def audit_command(
     run_dir: Annotated[
-        Path, typer.Argument(help="Output folder of `synthvision train-cvae` (has training.json).")
+        Path,
+        typer.Argument(
+            help="Output folder of `synthvision train-cvae` (has training.json), or 'builtin' "
+            "for the checkpoint shipped with synthvision (its report goes to ./cvae-builtin-audit)."
+        ),
     ],
     samples_per_class: Annotated[int, typer.Option(help="Generated crops per class.")] = 50,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
@@ -56,12 +60,19 @@ def audit_command(
     distance for real crops held out at training time; writes audit.json and nearest_pairs.png.
     """
     from synthvision.audit import audit_run
+    from synthvision.generators.cvae import BUILTIN_CHECKPOINT
 
     if samples_per_class < 1 or not 0 < percentile < 100 or flag_ratio <= 0 or pairs < 0:
         raise SpecError(
             "--samples-per-class must be >= 1, --percentile in (0, 100), --flag-ratio > 0, "
             "--pairs >= 0"
         )
+    if str(run_dir) == "builtin" and not run_dir.exists():
+        # The shipped checkpoint lives in the installed package: never write the report there.
+        run_dir, default_output = BUILTIN_CHECKPOINT, Path("cvae-builtin-audit")
+    else:
+        default_output = run_dir / "audit"
+    output = output or default_output
     result, report = audit_run(
         run_dir,
         samples_per_class=samples_per_class,
@@ -76,8 +87,7 @@ def audit_command(
         device=device,
         output_dir=output,
     )
-    out = output or Path(run_dir) / "audit"
     typer.echo(report["verdict"])
-    typer.echo(f"wrote {out / 'audit.json'} and {out / 'nearest_pairs.png'}")
+    typer.echo(f"wrote {output / 'audit.json'} and {output / 'nearest_pairs.png'}")
     if fail_on_flag and result.flagged:
         raise typer.Exit(1)
