@@ -7,6 +7,7 @@ size, process count, or where a build was interrupted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 GLOBAL_INDEX = -1
 
 
+@functools.lru_cache(maxsize=4096)  # a few names, asked for once per sample and stage
 def _stream_key(stream: str) -> int:
     # Stable across processes and Python versions (unlike hash()).
     return int.from_bytes(hashlib.blake2b(stream.encode(), digest_size=8).digest(), "little")
