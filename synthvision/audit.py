@@ -234,7 +234,9 @@ def audit_memorization(
     if not generated or not train or not heldout:
         raise SpecError(
             f"the audit needs generated, training and held-out crops (got {len(generated)}, "
-            f"{len(train)}, {len(heldout)}); train with --holdout > 0 to keep real crops aside"
+            f"{len(train)}, {len(heldout)}); train with a --holdout large enough to keep real "
+            "crops aside (each class holds out round(crops x holdout): 0 for a class of 4 at "
+            "the default 0.1)"
         )
     feats = features or PixelFeatures()
     f_gen, f_train, f_held = feats(generated), feats(train), feats(heldout)

@@ -141,6 +141,9 @@ def load_crops(source: DataSource) -> list[Crop]:
 
 def _check_classes(wanted: Sequence[str], available: Iterable[str], where: str) -> None:
     avail = list(available)
+    repeated = sorted({c for c in wanted if list(wanted).count(c) > 1})
+    if repeated:
+        raise SpecError(f"{where}: class(es) {', '.join(map(repr, repeated))} given more than once")
     missing = [c for c in wanted if c not in avail]
     if missing:
         raise SpecError(

@@ -20,6 +20,8 @@ def preview_dataset(
     dataset: Path, out: Path | None = None, *, split: str | None = None, num: int = 16
 ) -> Path:
     """Write the preview PNG of `dataset` (a `synthvision build` output); returns its path."""
+    if dataset.is_file():
+        raise SpecError(f"{str(dataset)!r} is a file: give the dataset's folder (a build output)")
     if not dataset.is_dir():
         raise SpecError(f"dataset directory {str(dataset)!r} does not exist")
     if num < 1:

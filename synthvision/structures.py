@@ -117,9 +117,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class ClassMap:
-    """Class names <-> ids. Internal and YOLO ids are 0-based; COCO category ids are id + 1."""
+    """Class names <-> ids. Internal and YOLO ids are 0-based; COCO category ids are id + 1.
+
+    A map read from a COCO file keeps that file's category ids (`coco_ids`, ascending, e.g.
+    COCO's 1..90 with gaps) and supercategories, so an augmented copy of a dataset keeps them.
+    """
 
     names: tuple[str, ...]
+    coco_ids: tuple[int, ...] = ()  # empty: class id + 1
+    supercategories: tuple[str, ...] = ()  # empty: "object"
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -129,6 +135,17 @@ class ClassMap:
             if name in seen:
                 raise SpecError(f"class name {name!r} appears twice: class names must be unique")
             seen.add(name)
+        if self.coco_ids and (
+            len(self.coco_ids) != len(self.names)
+            or self.coco_ids[0] < 1
+            or any(a >= b for a, b in zip(self.coco_ids, self.coco_ids[1:], strict=False))
+        ):
+            raise SpecError(
+                f"COCO category ids {list(self.coco_ids)} must be unique positive integers, one "
+                "per class"
+            )
+        if self.supercategories and len(self.supercategories) != len(self.names):
+            raise SpecError("give one supercategory per class")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -145,9 +162,14 @@ class ClassMap:
         return self.names[class_id]
 
     def coco_category_id(self, class_id: int) -> int:
-        return class_id + 1
+        return self.coco_ids[class_id] if self.coco_ids else class_id + 1
 
     def coco_categories(self) -> list[dict[str, Any]]:
         return [
-            {"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(self.names)
+            {
+                "id": self.coco_category_id(i),
+                "name": n,
+                "supercategory": self.supercategories[i] if self.supercategories else "object",
+            }
+            for i, n in enumerate(self.names)
         ]

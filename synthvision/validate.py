@@ -31,8 +31,8 @@ from synthvision.formats.masks import (
     rle_to_xywh,
 )
 from synthvision.formats.yolo import DATA_YAML, IMAGE_SUFFIXES
+from synthvision.outdir import MANIFEST, MARKER
 
-MANIFEST = "manifest.json"
 SPEC_YAML = "spec.yaml"
 BOX_TOL_PX = 0.01  # COCO bbox vs RLE tight box / image bounds
 AGREE_REL_TOL = 1e-5  # COCO vs YOLO boxes, as a fraction of the image's longer side
@@ -133,6 +133,12 @@ def validate_dataset(out_dir: str | os.PathLike[str], max_per_kind: int = 20) ->
         raise SpecError(f"{out} does not exist: give the output folder of a build")
     if not out.is_dir():
         raise SpecError(f"{out} is not a folder: give the output folder of a build")
+    ours = (MANIFEST, SPEC_YAML, "coco", "yolo", MARKER)
+    if not any((out / name).exists() for name in ours):
+        raise SpecError(
+            f"{out} is not a synthvision dataset (no manifest.json, spec.yaml, coco/ or yolo/): "
+            "give the output folder of `synthvision build` or `synthvision augment`"
+        )
     p = _Problems(max_per_kind)
 
     manifest = out / MANIFEST
@@ -268,9 +274,11 @@ def _check_coco_split(
     if err is not None:
         p.add("coco-json", f"{rel}: pycocotools COCO() cannot load it ({err})")
 
-    # categories: ids 1..n (category id = class id + 1), unique names
+    # categories: unique names, ids ascending (a build writes 1..n; an augmented COCO dataset
+    # keeps its source's ids); class id = position, as every COCO reader renumbers them
     names: list[str] = []
-    cat_ids: set[int] = set()
+    cat_ids: dict[int, int] = {}
+    last_id = 0
     for i, cat in enumerate(data["categories"]):
         if (
             not isinstance(cat, dict)
@@ -279,14 +287,16 @@ def _check_coco_split(
         ):
             p.add("coco-categories", f"{rel}: category #{i} needs an int `id` and a str `name`")
             continue
-        if cat["id"] != i + 1:
+        if cat["id"] < 1 or cat["id"] <= last_id:
             p.add(
-                "coco-categories", f"{rel}: category ids must be 1..n in order, #{i} is {cat['id']}"
+                "coco-categories",
+                f"{rel}: category ids must be positive and ascending, #{i} is {cat['id']}",
             )
         if cat["name"] in names:
             p.add("coco-categories", f"{rel}: category name {cat['name']!r} appears twice")
+        cat_ids.setdefault(cat["id"], len(names))
+        last_id = max(last_id, cat["id"])
         names.append(cat["name"])
-        cat_ids.add(cat["id"])
     if not names:
         p.add("coco-categories", f"{rel}: no categories")
 
@@ -373,7 +383,7 @@ def _check_coco_annotation(
     ann: Any,
     rel: str,
     sizes: dict[int, tuple[int, int]],
-    cat_ids: set[int],
+    cat_ids: dict[int, int],  # category id -> class id
     ann_ids: set[int],
     names_of: dict[int, str],
     result: _Split,
@@ -415,7 +425,7 @@ def _check_coco_annotation(
         p.add("coco-bbox-bounds", f"{where}: bbox {bbox} extends outside the {w}x{h} (WxH) image")
     seg = ann.get("segmentation", [])
     _check_segmentation(seg, where, (h, w), (x, y, bw, bh), area, p)
-    result.images[names_of[iid]][1].append(_Ann(cid - 1, (x, y, x + bw, y + bh), seg))
+    result.images[names_of[iid]][1].append(_Ann(cat_ids[cid], (x, y, x + bw, y + bh), seg))
 
 
 def _check_segmentation(

@@ -454,6 +454,62 @@ def test_a_coco_file_without_split_suffix_is_the_train_split(tmp_path: Path) -> 
     manifest = augment_dataset(ann, tmp_path / "aug", preset="light", seed=1)
     assert manifest["counts"]["images"]["train"] == manifest["counts"]["images"]["total"]
     assert (tmp_path / "aug" / "coco" / "annotations" / "instances_train.json").is_file()
+    # the folder itself works too, as it does for train-cvae
+    by_folder = augment_dataset(src, tmp_path / "aug2", preset="light", seed=1)
+    assert by_folder["counts"]["images"] == manifest["counts"]["images"]
+
+
+def test_coco_category_ids_survive_and_crowd_regions_are_counted(tmp_path: Path) -> None:
+    """Real COCO numbers its 80 categories 1..90 with gaps: an augmented copy keeps the ids (and
+    supercategories), or a model trained on COCO ids would read the wrong classes."""
+    from synthvision.commands.augment import augment_dataset
+    from synthvision.data import SynthDetection
+    from synthvision.formats.coco import save_coco
+    from synthvision.structures import ClassMap
+    from synthvision.validate import validate_dataset
+
+    src = tmp_path / "src"
+    ann = src / "annotations" / "instances_train.json"
+    named = [(f"img_{i}.png", _sample(index=i)) for i in range(2)]
+    save_coco(ann, named, ClassMap(("car", "person", "sign")), images_dir=src / "images" / "train")
+    doc = json.loads(ann.read_text())
+    new_id = {1: 3, 2: 13, 3: 90}  # car 3, person 13, sign 90
+    doc["categories"] = [
+        {"id": new_id[c["id"]], "name": c["name"], "supercategory": f"super-{c['name']}"}
+        for c in reversed(doc["categories"])  # files need not list them in order
+    ]
+    for a in doc["annotations"]:
+        a["category_id"] = new_id[a["category_id"]]
+    crowd = {**doc["annotations"][0], "id": 999, "iscrowd": 1}
+    doc["annotations"].append(crowd)
+    ann.write_text(json.dumps(doc))
+
+    out = tmp_path / "aug"
+    manifest = augment_dataset(src, out, preset="light", keep_original=True, seed=0)
+    assert validate_dataset(out) == []
+    written = json.loads((out / "coco" / "annotations" / "instances_train.json").read_text())
+    assert written["categories"] == [
+        {"id": 3, "name": "car", "supercategory": "super-car"},
+        {"id": 13, "name": "person", "supercategory": "super-person"},
+        {"id": 90, "name": "sign", "supercategory": "super-sign"},
+    ]
+    source_pairs = sorted(
+        (a["category_id"], a["bbox"]) for a in doc["annotations"] if not a["iscrowd"]
+    )
+    originals = {1, 3}  # kept originals of source images 0 and 1 (image id = index + 1)
+    kept = sorted((a["category_id"], a["bbox"]) for a in written["annotations"]
+                  if a["image_id"] in originals)  # fmt: skip
+    assert kept == source_pairs
+    assert manifest["counts"]["crowd_regions_not_carried"] == 1
+    assert manifest["counts"]["dropped_instances"] == 0
+    names = SynthDetection(out, split="train").classes
+    assert names == ["car", "person", "sign"]
+
+    # a category id the file does not define: one line naming the annotation
+    doc["annotations"][1]["category_id"] = 91
+    ann.write_text(json.dumps(doc))
+    with pytest.raises(SpecError, match=r"annotation 2: category_id 91 is not one of"):
+        augment_dataset(src, tmp_path / "bad", preset="light", seed=0)
 
 
 def test_augment_command_is_reproducible_and_guards_out(coco_source: Path, tmp_path: Path) -> None:
@@ -513,6 +569,8 @@ def test_augment_cli_errors_are_one_line(coco_source: Path, tmp_path: Path) -> N
         (["--pipeline", str(tmp_path / "missing.yaml")], "--pipeline: pipeline file"),
         ([], "give --preset NAME or --pipeline FILE"),
         (["--preset", "light", "--variants", "0"], "variants"),
+        # a mistyped --images must not fall back to the images found next to the annotations
+        (["--preset", "light", "--images", str(tmp_path / "typo")], "typo: no such folder"),
     ]:
         res = runner.invoke(app, ["augment", str(coco_source), str(tmp_path / "x"), *args])
         assert res.exit_code == 2, res.output

@@ -105,6 +105,13 @@ def test_build_validate_preview_round_trip(tmp_path: Path) -> None:
 def test_validate_missing_dir_is_exit_2(tmp_path: Path) -> None:
     res = run("validate", str(tmp_path / "nope"))
     assert res.returncode == 2 and res.stderr.startswith("error: ")
+    # a folder that is no synthvision output (e.g. a raw COCO download) is not "unfinished"
+    (tmp_path / "raw" / "annotations").mkdir(parents=True)
+    res = run("validate", str(tmp_path / "raw"))
+    assert res.returncode == 2 and "is not a synthvision dataset" in res.stderr, res.stderr
+    (tmp_path / "file.json").write_text("{}")
+    res = run("preview", str(tmp_path / "file.json"))
+    assert res.returncode == 2 and "is a file: give the dataset's folder" in res.stderr
 
 
 def test_help_is_fast_and_lists_commands() -> None:

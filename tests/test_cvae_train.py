@@ -313,5 +313,8 @@ def test_cli_train_cvae_procedural_and_errors(tmp_path: Path) -> None:
     res = runner.invoke(app, [*args[:5], "zebra", *args[6:]])
     assert res.exit_code == 2 and "zebra" in res.output and "\n" == res.output[-1]
     assert "Traceback" not in res.output
+    # found before an epoch is trained, not as "no latents for class(es) disc" after it
+    res = runner.invoke(app, [*args[:5], "disc,square,disc", *args[6:]])
+    assert res.exit_code == 2 and "--classes: 'disc' given more than once" in res.output
     res = runner.invoke(app, ["train-cvae", str(tmp_path / "missing"), "-o", str(out)])
     assert res.exit_code == 2 and "does not exist" in res.output

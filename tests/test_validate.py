@@ -172,6 +172,16 @@ def test_coco_contract_faults(build: Path) -> None:
     assert _has(problems, "polygon has 4 numbers")
 
 
+def test_category_ids_must_ascend(build: Path) -> None:
+    def swap(data: dict) -> None:  # type: ignore[type-arg]
+        cats = data["categories"]
+        cats[0]["id"], cats[1]["id"] = cats[1]["id"], cats[0]["id"]
+
+    _edit_json(_coco(build), swap)
+    problems = validate_dataset(build)
+    assert _has(problems, "instances_train.json", "positive and ascending, #1 is 1")
+
+
 def test_missing_and_corrupt_images(build: Path) -> None:
     (build / "coco" / "images" / "train" / "000000002.jpg").unlink()
     shard = build / "shards" / "rank-00000" / "images" / "000000003.jpg"

@@ -5,9 +5,13 @@
 SRC (auto-detected):
 - a COCO annotations file (`instances_train.json`), its images found next to it
   (`images/{split}/`, `images/`, `{split}/`, or `--images DIR`);
-- a folder holding COCO annotation files (`annotations/instances_*.json`, one split each);
+- a folder holding COCO annotation files (`annotations/instances_*.json`, one split each; a
+  single `instances.json` is the train split);
 - a YOLO folder with a `data.yaml` (`images/{split}/`, `labels/{split}/`);
 - a synthvision build folder (its `coco/` is used, else its `yolo/`).
+
+COCO category ids and supercategories are kept (COCO's ids 1..90 with gaps stay as they are);
+crowd regions (`iscrowd: 1`) are not carried over, and the manifest counts them.
 
 OUT gets the layout of a build (`coco/`, `yolo/`, `spec.yaml`, `manifest.json` last), so
 `synthvision validate OUT` checks it, plus `provenance.jsonl` (one line per output image: its
@@ -57,11 +61,12 @@ class SourceImage:
 class SourceDataset:
     kind: Literal["coco", "yolo"]
     root: Path
-    class_names: tuple[str, ...]
+    class_map: Any  # synthvision.structures.ClassMap; COCO sources keep their category ids
     splits: list[str]
     has_masks: bool
     images: Iterator[SourceImage]  # split by split, in file order
     num_images: int
+    crowd_regions: int = 0  # COCO `iscrowd: 1` annotations, which are not carried over
 
 
 def _load_rgb(path: Path, size_hw: tuple[int, int] | None) -> npt.NDArray[np.uint8]:
@@ -82,11 +87,16 @@ def _load_rgb(path: Path, size_hw: tuple[int, int] | None) -> npt.NDArray[np.uin
 
 
 def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
-    from synthvision.formats.coco import annotation_record, coco_images_dir, coco_split_name
+    from synthvision.formats.coco import (
+        annotation_record,
+        coco_class_map,
+        coco_images_dir,
+        coco_split_name,
+    )
     from synthvision.formats.records import instances_from_records
 
     docs: list[tuple[Path, str, dict[str, Any]]] = []
-    names: tuple[str, ...] | None = None
+    class_map = None
     for ann_path in ann_paths:
         try:
             doc = json.loads(ann_path.read_text(encoding="utf-8"))
@@ -94,14 +104,21 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
             raise SpecError(f"{ann_path}: not a readable COCO JSON file ({exc})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
             raise SpecError(f"{ann_path}: not a COCO instances file (no 'images' list)")
-        cats = sorted(doc.get("categories", []), key=lambda c: int(c["id"]))
-        these = tuple(str(c["name"]) for c in cats)
-        if names is not None and these != names:
+        if not doc.get("categories"):
+            raise SpecError(f"{ann_path}: the COCO file has no categories")
+        try:
+            these = coco_class_map(doc["categories"])
+        except SpecError as exc:
+            raise SpecError(f"{ann_path}: {exc}") from None
+        if class_map is not None and (these.names, these.coco_ids) != (
+            class_map.names,
+            class_map.coco_ids,
+        ):
             raise SpecError(f"{ann_path}: categories differ from {ann_paths[0].name}'s")
-        names = these
+        class_map = these
         docs.append((ann_path, coco_split_name(ann_path), doc))
-    if not names:
-        raise SpecError(f"{ann_paths[0]}: the COCO file has no categories")
+    assert class_map is not None
+    crowd = sum(bool(a.get("iscrowd", 0)) for _, _, d in docs for a in d.get("annotations", []))
     splits = [s for _, s, _ in docs]
     if len(set(splits)) != len(splits):
         raise SpecError(f"two COCO files map to the same split name: {splits}")
@@ -113,8 +130,7 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
 
     def _iter() -> Iterator[SourceImage]:
         for ann_path, split, doc in docs:
-            cats = sorted(doc.get("categories", []), key=lambda c: int(c["id"]))
-            class_of = {int(c["id"]): i for i, c in enumerate(cats)}
+            class_of = {class_map.coco_category_id(i): i for i in range(len(class_map))}
             by_image: dict[int, list[dict[str, Any]]] = {}
             for a in doc.get("annotations", []):
                 if not a.get("iscrowd", 0):  # crowd regions are not instances: dropped
@@ -125,7 +141,10 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
             for img in entries:
                 size_hw = (int(img["height"]), int(img["width"]))
                 anns = sorted(by_image.get(int(img["id"]), []), key=lambda a: int(a["id"]))
-                records = [annotation_record(a, class_of) for a in anns]
+                try:
+                    records = [annotation_record(a, class_of) for a in anns]
+                except SpecError as exc:
+                    raise SpecError(f"{ann_path}: {exc}") from None
                 # Masks when this image has any segmentation (others then get filled boxes).
                 with_masks = any(r.get("rle") or r.get("polygons") for r in records)
                 inst = instances_from_records(records, size_hw, with_masks=with_masks)
@@ -133,7 +152,7 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
 
     total = sum(len(d["images"]) for _, _, d in docs)
     root = ann_paths[0].parent
-    return SourceDataset("coco", root, names, splits, has_masks, _iter(), total)
+    return SourceDataset("coco", root, class_map, splits, has_masks, _iter(), total, crowd)
 
 
 def _yolo_has_polygons(labels_dir: Path) -> bool:
@@ -166,14 +185,13 @@ def _read_yolo(root: Path) -> SourceDataset:
                 yield SourceImage(split, path, item.size_hw, item.instances)
 
     total = sum(len(list_images(images_root / s)) for s in splits)
-    return SourceDataset(
-        "yolo", root, class_map.names, splits, any(polygons.values()), _iter(), total
-    )
+    return SourceDataset("yolo", root, class_map, splits, any(polygons.values()), _iter(), total)
 
 
 def _coco_files(folder: Path) -> list[Path]:
     """COCO annotation files of a dataset folder, one per split."""
-    for pattern in ("annotations/instances_*.json", "instances_*.json", "*/_annotations.coco.json"):
+    patterns = ("annotations/instances*.json", "instances*.json", "*/_annotations.coco.json")
+    for pattern in patterns:  # instances.json (no split suffix) is the train split
         found = sorted(folder.glob(pattern))
         if found:
             return found
@@ -200,8 +218,8 @@ def detect_source(src: Path, images: Path | None = None, fmt: str = "auto") -> S
     if fmt != "coco" and (yolo_root / "data.yaml").is_file():
         return _read_yolo(yolo_root)
     wanted = {
-        "auto": "COCO annotations (annotations/instances_*.json) or a YOLO data.yaml",
-        "coco": "COCO annotations (annotations/instances_*.json)",
+        "auto": "COCO annotations (annotations/instances*.json) or a YOLO data.yaml",
+        "coco": "COCO annotations (annotations/instances*.json)",
         "yolo": "a YOLO data.yaml",
     }[fmt]
     raise SpecError(f"{src}: found no {wanted}; give the dataset folder or the .json file")
@@ -284,7 +302,7 @@ def augment_dataset(
     )
     from synthvision.progress import progress_bar
     from synthvision.registry import format_validation_error
-    from synthvision.structures import ClassMap, Sample
+    from synthvision.structures import Sample
 
     t0 = time.perf_counter()
     if preset is None and pipeline_file is None:
@@ -318,7 +336,7 @@ def augment_dataset(
     )
     if masks_mode != "none" and not source.has_masks:
         masks_mode = "none"  # nothing to write: boxes only
-    class_map = ClassMap(source.class_names)
+    class_map = source.class_map
     per_source = variants + int(keep_original)
     settings = {
         "source": str(src.resolve()),
@@ -438,6 +456,8 @@ def augment_dataset(
                 "per_class": dict(zip(class_map.names, per_class, strict=True)),
             },
             "dropped_instances": dropped,
+            # Regions over a group of objects (COCO `iscrowd: 1`) are not instances to train on.
+            "crowd_regions_not_carried": source.crowd_regions,
         },
         "timings_s": {
             "total": round(seconds, 3),
@@ -460,7 +480,7 @@ def augment_command(
     src: Annotated[
         Path,
         typer.Argument(
-            help="COCO annotations .json, a folder with annotations/instances_*.json, a YOLO "
+            help="COCO annotations .json, a folder with annotations/instances*.json, a YOLO "
             "folder with data.yaml, or a synthvision build folder."
         ),
     ],
@@ -534,6 +554,11 @@ def augment_command(
         f"{manifest['source_format'].upper()} images: {per_split}; "
         f"{counts['instances']['total']} instances, {counts['dropped_instances']} dropped)"
     )
+    if counts.get("crowd_regions_not_carried"):
+        typer.echo(
+            f"  note: {counts['crowd_regions_not_carried']} crowd region(s) (iscrowd: 1) of the "
+            "source are not carried over: they mark groups, not instances to train on"
+        )
     typer.echo(f"  COCO:    {out / 'coco' / 'annotations'}")
     typer.echo(f"  YOLO:    {out / 'yolo' / 'data.yaml'}")
     typer.echo(f"  manifest: {out / 'manifest.json'}")

@@ -14,10 +14,13 @@ from synthvision.errors import SpecError
 
 
 def _split_list(values: list[str] | None) -> list[str]:
-    """`--classes a,b --classes c` -> [a, b, c] (order kept, blanks dropped)."""
+    """`--classes a,b --classes c` -> [a, b, c] (order kept, blanks dropped, no repeats)."""
     out: list[str] = []
     for v in values or []:
         out += [s.strip() for s in v.split(",") if s.strip()]
+    repeated = sorted({c for c in out if out.count(c) > 1})
+    if repeated:
+        raise SpecError(f"--classes: {', '.join(map(repr, repeated))} given more than once")
     return out
 
 

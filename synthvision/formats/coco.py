@@ -53,8 +53,11 @@ def coco_annotation(
     image_id: int,
     mask_mode: CocoMaskMode,
     size_hw: tuple[int, int] | None = None,
+    category_id: int | None = None,
 ) -> dict[str, Any]:
     """One COCO annotation dict from an instance record (keys in a fixed order).
+
+    `category_id` defaults to the record's class id + 1 (a build's categories).
 
     With polygons and the image's `size_hw` (H, W), `area` is the pixel count of the polygons
     as pycocotools rasterises them (holes filled), so it agrees with the written segmentation;
@@ -73,7 +76,7 @@ def coco_annotation(
     ann: dict[str, Any] = {
         "id": int(annotation_id),
         "image_id": int(image_id),
-        "category_id": int(record["class_id"]) + 1,
+        "category_id": int(record["class_id"]) + 1 if category_id is None else int(category_id),
         "bbox": [_r(x1), _r(y1), _r(x2 - x1), _r(y2 - y1)],
         "area": area,
         "iscrowd": 0,
@@ -157,7 +160,8 @@ class CocoWriter:
             if not 0 <= cid < n_classes:
                 raise ValueError(f"class_id {cid} out of range for {n_classes} classes")
             self.num_annotations += 1
-            ann = coco_annotation(rec, self.num_annotations, int(image_id), mode, (h, w))
+            category = self.class_map.coco_category_id(cid)
+            ann = coco_annotation(rec, self.num_annotations, int(image_id), mode, (h, w), category)
             self._annotations.write(_dumps(ann) + "\n")
 
     def close(self) -> None:
@@ -225,11 +229,36 @@ class CocoImage(NamedTuple):
     instances: Instances
 
 
+def coco_class_map(categories: list[dict[str, Any]]) -> ClassMap:
+    """A COCO file's categories -> ClassMap: ordered by id, renumbered 0..n-1 (as supervision
+    does), keeping the file's ids and supercategories for writing them back."""
+    try:
+        cats = sorted(categories, key=lambda c: int(c["id"]))
+        ids = tuple(int(c["id"]) for c in cats)
+        supers = tuple(str(c.get("supercategory", "object")) for c in cats)
+        # A file we wrote maps back to the plain ClassMap it came from.
+        return ClassMap(
+            tuple(str(c["name"]) for c in cats),
+            coco_ids=() if ids == tuple(range(1, len(ids) + 1)) else ids,
+            supercategories=() if set(supers) <= {"object"} else supers,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise SpecError(f"categories need an int `id` and a `name` each ({exc!r})") from None
+
+
 def annotation_record(ann: dict[str, Any], class_of_category: dict[int, int]) -> Record:
     """A COCO annotation -> an instance record (class ids remapped to 0..n-1)."""
     x, y, w, h = (float(v) for v in ann["bbox"])
+    category = class_of_category.get(int(ann["category_id"]))
+    if category is None:
+        raise SpecError(
+            f"annotation {ann.get('id')!r}: category_id {ann['category_id']!r} is not one of the "
+            "file's categories; fix the annotation or add the category"
+        )
     rec: Record = {
-        "class_id": class_of_category[int(ann["category_id"])],
+        "class_id": category,
         "xyxy": [x, y, x + w, y + h],
         "area": float(ann.get("area", w * h)),
     }
@@ -256,9 +285,8 @@ def load_coco(
     """
     with open(annotations_path, encoding="utf-8") as f:
         data = json.load(f)
-    categories = sorted(data.get("categories", []), key=lambda c: int(c["id"]))
-    class_map = ClassMap(tuple(str(c["name"]) for c in categories))
-    class_of_category = {int(c["id"]): i for i, c in enumerate(categories)}
+    class_map = coco_class_map(data.get("categories", []))
+    class_of_category = {class_map.coco_category_id(i): i for i in range(len(class_map))}
     by_image: dict[int, list[dict[str, Any]]] = {}
     for ann in data.get("annotations", []):
         if include_crowd or not ann.get("iscrowd", 0):
@@ -320,15 +348,18 @@ def coco_split_name(ann_path: Path) -> str:
 def coco_image_dir_candidates(ann_path: Path, split: str, images: Path | None = None) -> list[Path]:
     """Where the images of an annotations file may be, most specific first.
 
-    `images` (given by the user) and its `split` subfolder first, then the common layouts:
-    root/images/{split} (synthvision, Ultralytics' COCO), root/images, root/{split}, ...,
-    where root is the folder above annotations/.
+    `images`, when the user gives it, and its `split` subfolder only: a mistyped folder must
+    not silently pick up other images. Otherwise the common layouts: root/images/{split}
+    (synthvision, Ultralytics' COCO), root/images, root/{split}, ..., where root is the folder
+    above annotations/.
     """
+    if images is not None:
+        if not images.is_dir():
+            raise SpecError(f"--images {images}: no such folder; give the folder of the images")
+        return [images / split, images]
     parent = ann_path.parent
     root = parent.parent if parent.name == "annotations" else parent
-    candidates = [images / split, images] if images is not None else []
-    return [*candidates, root / "images" / split, root / "images", root / split,
-            parent / "images", parent]  # fmt: skip
+    return [root / "images" / split, root / "images", root / split, parent / "images", parent]
 
 
 def coco_images_dir(
