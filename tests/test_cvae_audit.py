@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,15 +81,11 @@ def test_pixel_features_shape_and_empty_inputs(real_crops) -> None:
         audit_memorization(_args(train)[0], _args(train)[0], [])
 
 
-def test_audit_of_a_trained_run_writes_report(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
-    from synthvision.audit import audit_run
-    from synthvision.crops import resolve_source
+def _train_tiny(source: Any, out: Path) -> None:
+    """One epoch of a tiny cVAE (16 px), a quarter of each class held out for the audit."""
     from synthvision.train_cvae import TrainConfig, train_cvae
 
-    torch.set_num_threads(1)
-    src = resolve_source("procedural", classes=["disc", "ring"], count_per_class=12, min_size=4)
-    cfg = TrainConfig(
+    config = TrainConfig(
         resolution=16,
         latent_dim=4,
         embedding_dim=8,
@@ -99,7 +96,17 @@ def test_audit_of_a_trained_run_writes_report(tmp_path: Path) -> None:
         holdout=0.25,
         device="cpu",
     )
-    train_cvae(src, tmp_path / "run", cfg, progress=False)
+    train_cvae(source, out, config, progress=False)
+
+
+def test_audit_of_a_trained_run_writes_report(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from synthvision.audit import audit_run
+    from synthvision.crops import resolve_source
+
+    torch.set_num_threads(1)
+    src = resolve_source("procedural", classes=["disc", "ring"], count_per_class=12, min_size=4)
+    _train_tiny(src, tmp_path / "run")
     result, report = audit_run(tmp_path / "run", samples_per_class=6, device="cpu")
     assert report["num_generated"] == 12 and report["num_heldout"] == 6
     assert (tmp_path / "run" / "audit" / "audit.json").is_file()
@@ -126,21 +133,9 @@ def test_audit_builtin_reports_outside_the_package(
     from synthvision.cli import app
     from synthvision.crops import resolve_source
     from synthvision.generators import cvae
-    from synthvision.train_cvae import TrainConfig, train_cvae
 
     src = resolve_source("procedural", classes=["disc"], count_per_class=8, min_size=4)
-    cfg = TrainConfig(
-        resolution=16,
-        latent_dim=4,
-        embedding_dim=8,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        epochs=1,
-        batch_size=8,
-        holdout=0.25,
-        device="cpu",
-    )
-    train_cvae(src, tmp_path / "shipped", cfg, progress=False)
+    _train_tiny(src, tmp_path / "shipped")
     monkeypatch.setattr(cvae, "BUILTIN_CHECKPOINT", tmp_path / "shipped")
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["audit", "builtin", "--samples-per-class", "2"])
