@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # numpy and the rest load only when the command runs: `--help
     import numpy as np
     import numpy.typing as npt
 
+    from synthvision.structures import ClassMap
+
 ImageFormat = Literal["jpeg", "png"]
 CocoMasks = Literal["rle", "polygon", "none"]
 YoloTask = Literal["detect", "segment"]
@@ -61,7 +63,7 @@ class SourceImage:
 class SourceDataset:
     kind: Literal["coco", "yolo"]
     root: Path
-    class_map: Any  # synthvision.structures.ClassMap; COCO sources keep their category ids
+    class_map: ClassMap  # COCO sources keep their category ids and supercategories
     splits: list[str]
     has_masks: bool
     images: Iterator[SourceImage]  # split by split, in file order
