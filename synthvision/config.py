@@ -225,8 +225,9 @@ class Spec(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# Spec keys whose value may name a local file or folder (else a hub id or "builtin").
+# Spec keys whose value may name a local file or folder (else a hub id or a keyword).
 PATH_KEYS = frozenset({"file", "checkpoint", "model"})
+PATH_KEYWORDS = frozenset({"builtin"})  # the shipped cVAE, never a folder of that name
 _WHOLE_FILE_BYTES = 64 << 20  # larger files count by size, head and tail (model weights)
 _EDGE_BYTES = 1 << 20
 
@@ -240,7 +241,7 @@ def referenced_files(node: Any, key: str | None = None) -> list[tuple[str, Path]
     elif isinstance(node, list):
         for v in node:
             found += referenced_files(v, key)
-    elif isinstance(node, str) and key in PATH_KEYS:
+    elif isinstance(node, str) and key in PATH_KEYS and node not in PATH_KEYWORDS:
         path = Path(node).expanduser()
         if path.exists():
             found.append((node, path))
@@ -342,9 +343,27 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     data = load_spec_dict(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a YAML mapping of keys")
-    data = apply_overrides(data, overrides or [])
+    spec_dir = Path(path).parent
     aug = data.get("augment")
     if isinstance(aug, dict) and isinstance(aug.get("file"), str):
         # Paths inside a spec are relative to the spec file, not to the current directory.
-        aug["file"] = str((Path(path).parent / aug["file"]).resolve())
+        aug["file"] = str((spec_dir / aug["file"]).expanduser().resolve())
+    data = _paths_next_to_the_spec(data, spec_dir)
+    # `--set` values are typed in a shell: their relative paths are the working directory's.
+    data = apply_overrides(data, overrides or [])
     return parse_spec(data, source=str(path))
+
+
+def _paths_next_to_the_spec(node: Any, spec_dir: Path, key: str | None = None) -> Any:
+    """Relative local paths under PATH_KEYS (a checkpoint, a model folder) that exist next to the
+    spec file become absolute, so a spec builds the same from any working directory. Values
+    that exist nowhere there are left alone: hub ids ("owner/name") and keywords ("builtin")."""
+    if isinstance(node, dict):
+        return {k: _paths_next_to_the_spec(v, spec_dir, str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_paths_next_to_the_spec(v, spec_dir, key) for v in node]
+    if isinstance(node, str) and key in PATH_KEYS and node not in PATH_KEYWORDS:
+        path = Path(node).expanduser()
+        if not path.is_absolute() and (spec_dir / path).exists():
+            return str((spec_dir / path).resolve())
+    return node

@@ -129,9 +129,16 @@ def prepare_output_dir(
 ) -> bool:
     """Make `out_dir` ready for a build of the spec with `fingerprint`.
 
-    Returns True when an earlier run of the same spec is resumed. Raises OutputDirError (exit 2)
-    when the directory cannot be created or belongs to something else.
+    Returns True when an earlier run of the same spec is resumed, with or without `overwrite`
+    (the same spec builds the same bytes, so its finished images are kept, not made again).
+    Raises OutputDirError (exit 2) when the directory cannot be created or belongs to something
+    else.
     """
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise OutputDirError(
+            f"output path {str(out_dir)!r} is a symlink to {os.readlink(out_dir)!r}, which does "
+            f"not exist; create its target or choose another {option}"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(
             f"output path {str(out_dir)!r} is a file; choose a directory with {option}"
@@ -154,8 +161,10 @@ def prepare_output_dir(
                     f"has {', '.join(taken)}, which a build writes; choose another {option}, or "
                     "move them away first"
                 )
-        if marker is not None and marker.get("spec_fingerprint") == fingerprint and not overwrite:
+        if marker is not None and marker.get("spec_fingerprint") == fingerprint:
             resumed = True
+            if (out_dir / MANIFEST).is_file():
+                return True  # complete: nothing will be written (the folder may be read-only)
         elif marker is not None and not overwrite:
             raise OutputDirError(
                 f"output directory {str(out_dir)!r} holds a build of a different spec; choose "

@@ -158,6 +158,27 @@ def test_rerun_is_complete_and_other_specs_are_refused(tmp_path: Path) -> None:
     )
 
 
+def test_the_same_spec_with_overwrite_resumes_instead_of_starting_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`build ... --overwrite` re-run after Ctrl-C is "the same command": its finished images
+    are kept (the same spec makes the same bytes), not deleted and made again."""
+    build(small_spec(), tmp_path, show_progress=False)
+    before = dataset_digests(tmp_path)
+    (tmp_path / "manifest.json").unlink()  # as if interrupted before the end
+    again = build(small_spec(), tmp_path, show_progress=False, overwrite=True)
+    assert again.resumed and again.generated == 0 and again.skipped == 9
+    assert dataset_digests(tmp_path) == before
+
+    # Complete: nothing is written, so a read-only copy still answers "already complete".
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    assert build(small_spec(), tmp_path, show_progress=False, overwrite=True).already_complete
+
+
 def test_overwrite_interrupted_never_leaves_a_complete_looking_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -126,6 +126,34 @@ def test_fingerprint_counts_the_contents_of_files_the_spec_names(tmp_path: Path)
     assert spec(**over).fingerprint() not in (first, second)
 
 
+def test_spec_paths_are_the_spec_files_and_keywords_are_not_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    (project / "runs" / "ck").mkdir(parents=True)
+    (project / "runs" / "ck" / "config.json").write_text("{}")
+    path = project / "spec.yaml"
+    path.write_text(
+        "name: t\nnum_images: 2\nclasses: [{name: disc}]\n"
+        "objects: {name: cvae, params: {checkpoint: runs/ck}}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "builtin").mkdir(parents=True)  # must not count as the shipped checkpoint
+    prints = set()
+    for cwd in (project, elsewhere):
+        monkeypatch.chdir(cwd)
+        loaded = load_spec(path)
+        assert loaded.objects.params["checkpoint"] == str(project / "runs" / "ck")
+        prints.add(loaded.fingerprint())
+        builtin = load_spec(path, ["objects.params.checkpoint=builtin"])
+        assert builtin.objects.params["checkpoint"] == "builtin"
+        prints.add(builtin.fingerprint())
+    assert len(prints) == 2  # one per checkpoint, whatever the working directory holds
+    # a --set value is typed in a shell: relative to the working directory, left as given
+    typed = load_spec(path, ["objects.params.checkpoint=runs/ck"])
+    assert typed.objects.params["checkpoint"] == "runs/ck"
+
+
 def test_splits_are_exact_for_every_prefix() -> None:
     splits = assign_splits({"train": 0.9, "val": 0.1}, 100)
     assert Counter(splits) == {"train": 90, "val": 10}
