@@ -92,7 +92,8 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
             f.write(payload)
         os.replace(tmp, target)
     except BaseException:
-        # Leave no stray temp file behind on any failure (including KeyboardInterrupt).
+        # No stray temp file on a failure or a Ctrl-C here. One landing between mkstemp and this
+        # try can still leave one; the next run's `remove_stale_tmp` deletes those.
         try:
             os.unlink(tmp)
         except FileNotFoundError:
