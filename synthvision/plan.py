@@ -17,10 +17,13 @@ on `num_images`.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
+import numpy.typing as npt
 
 from synthvision import randomness
 from synthvision.config import Spec
@@ -44,33 +47,40 @@ class ImageJob:
         return randomness.derive_seed(self.seed, self.index, stream)
 
 
-def assign_splits(fractions: dict[str, float], num_images: int) -> list[str]:
-    """Split of each index 0..num_images-1 (smooth weighted round-robin, deterministic)."""
-    names = list(fractions)
-    weights = [float(fractions[n]) for n in names]
-    current = [0.0] * len(names)
-    splits = range(len(names))
-    out: list[str] = []
-    for _ in range(num_images):  # plain floats: numpy's per-call overhead dominated at 3 splits
+def assign_split_ids(fractions: dict[str, float], num_images: int) -> npt.NDArray[np.uint8]:
+    """Split of each index 0..num_images-1, as positions in `fractions` (smooth weighted
+    round-robin, deterministic)."""
+    weights = [float(f) for f in fractions.values()]
+    current = [0.0] * len(weights)
+    splits = range(len(weights))
+    out = np.empty(num_images, dtype=np.uint8)
+    for i in range(num_images):  # plain floats: numpy's per-call overhead dominated at 3 splits
         for j in splits:
             current[j] += weights[j]
         k = max(splits, key=current.__getitem__)  # ties -> first split in spec order
         current[k] -= 1.0
-        out.append(names[k])
+        out[i] = k
     return out
 
 
-def _objects_per_image(spec: Spec) -> list[int]:
+def assign_splits(fractions: dict[str, float], num_images: int) -> list[str]:
+    """Split name of each index 0..num_images-1 (see `assign_split_ids`)."""
+    names = list(fractions)
+    return [names[k] for k in assign_split_ids(fractions, num_images).tolist()]
+
+
+def _objects_per_image(spec: Spec) -> npt.NDArray[np.int64]:
     lo, hi = spec.objects_per_image
-    return [
+    draws = (
         int(randomness.rng(spec.seed, i, "plan").integers(lo, hi + 1))
         for i in range(spec.num_images)
-    ]
+    )
+    return np.fromiter(draws, dtype=np.int64, count=spec.num_images)
 
 
 def _fit_total(
-    counts: list[int], total: int, lo: int, hi: int, gen: np.random.Generator
-) -> list[int]:
+    counts: npt.NDArray[np.int64], total: int, lo: int, hi: int, gen: np.random.Generator
+) -> npt.NDArray[np.int64]:
     """Adjust per-image counts (each within [lo, hi]) so they sum to `total`."""
     n = len(counts)
     if not n * lo <= total <= n * hi:
@@ -79,7 +89,7 @@ def _fit_total(
             f"[{lo}, {hi}] hold between {n * lo} and {n * hi}: change num_images, "
             "objects_per_image or the counts"
         )
-    arr = np.array(counts, dtype=np.int64)
+    arr = counts.copy()
     diff = total - int(arr.sum())
     order = gen.permutation(n)
     step = 1 if diff > 0 else -1
@@ -94,15 +104,79 @@ def _fit_total(
                 moved = True
         if not moved:  # pragma: no cover - excluded by the range check above
             raise AssertionError("cannot fit counts")
-    return [int(x) for x in arr]
+    return arr
 
 
-def make_plan(spec: Spec) -> list[ImageJob]:
+class Plan(Sequence[ImageJob]):
+    """All jobs of a dataset, in index order: a read-only sequence of ImageJob.
+
+    Stored as arrays (a split byte, an offset and the class ids of each image: about 25 bytes
+    per image where a list of ImageJob took 180), and each job is made when it is read.
+    """
+
+    def __init__(
+        self,
+        split_names: Sequence[str],
+        split_ids: npt.NDArray[np.uint8],
+        offsets: npt.NDArray[np.int64],
+        class_ids: npt.NDArray[np.int32],
+        size_hw: tuple[int, int],
+        seed: int,
+    ) -> None:
+        if not len(offsets) == len(split_ids) + 1 or offsets[-1] != len(class_ids):
+            raise ValueError("offsets must hold len(split_ids) + 1 bounds into class_ids")
+        self._split_names = tuple(split_names)
+        self._split_ids = split_ids
+        self._offsets = offsets
+        self._class_ids = class_ids
+        self.size_hw = size_hw
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self._split_ids)
+
+    @overload
+    def __getitem__(self, index: int) -> ImageJob: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ImageJob]: ...
+
+    def __getitem__(self, index: int | slice) -> ImageJob | list[ImageJob]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"image index {index} out of range for {len(self)} images")
+        lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
+        return ImageJob(
+            index=i,
+            split=self._split_names[self._split_ids[i]],
+            size_hw=self.size_hw,
+            class_ids=tuple(self._class_ids[lo:hi].tolist()),
+            seed=self.seed,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Plan):
+            return list(self) == list(other)
+        if isinstance(other, list):
+            return list(self) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics: compare, don't hash
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        """Planned instances per class over the whole dataset."""
+        return np.bincount(self._class_ids, minlength=num_classes).tolist()  # type: ignore[no-any-return]
+
+
+def make_plan(spec: Spec) -> Plan:
     """All jobs of the dataset, in index order."""
-    splits = assign_splits(spec.splits, spec.num_images)
+    split_ids = assign_split_ids(spec.splits, spec.num_images)
     size_hw = (int(spec.image_size[0]), int(spec.image_size[1]))
     n_objects = _objects_per_image(spec)
-    per_image: list[tuple[int, ...]]
     if spec.classes[0].count is not None:
         counts = [int(c.count or 0) for c in spec.classes]
         total = sum(counts)
@@ -111,27 +185,27 @@ def make_plan(spec: Spec) -> list[ImageJob]:
         n_objects = _fit_total(n_objects, total, lo, hi, gen)
         pool = np.repeat(np.arange(len(counts)), counts)
         gen.shuffle(pool)
-        per_image, start = [], 0
-        for n in n_objects:
-            per_image.append(tuple(int(c) for c in pool[start : start + n]))
-            start += n
+        class_ids = pool.astype(np.int32)  # dealt to images in index order
     else:
         w = np.array([c.weight if c.weight is not None else 1.0 for c in spec.classes])
         cdf = np.cumsum(w / w.sum())
         cdf /= cdf[-1]
-        per_image = []
-        for i, n in enumerate(n_objects):
+        class_ids = np.empty(int(n_objects.sum()), dtype=np.int32)
+        start = 0
+        for i, n in enumerate(n_objects.tolist()):
             gen = randomness.rng(spec.seed, i, "plan.classes")
             # Inverse-CDF sampling: the draws of numpy's `choice(len(p), n, p=p)`, without its
             # argument checks, which took a third of the planning time.
-            per_image.append(tuple(cdf.searchsorted(gen.random(n), side="right").tolist()))
-    return [
-        ImageJob(index=i, split=splits[i], size_hw=size_hw, class_ids=per_image[i], seed=spec.seed)
-        for i in range(spec.num_images)
-    ]
+            class_ids[start : start + n] = cdf.searchsorted(gen.random(n), side="right")
+            start += n
+    offsets = np.zeros(spec.num_images + 1, dtype=np.int64)
+    np.cumsum(n_objects, out=offsets[1:])
+    return Plan(list(spec.splits), split_ids, offsets, class_ids, size_hw, spec.seed)
 
 
 def planned_class_counts(jobs: Sequence[ImageJob], num_classes: int) -> list[int]:
+    if isinstance(jobs, Plan):
+        return jobs.class_counts(num_classes)
     counts = [0] * num_classes
     for job in jobs:
         for c in job.class_ids:
