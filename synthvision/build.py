@@ -35,7 +35,7 @@ from synthvision.formats.images import IMAGE_SUFFIX, encode_image, write_bytes_a
 from synthvision.formats.records import instance_records, instances_from_records
 from synthvision.formats.yolo import write_data_yaml, yolo_label_text
 from synthvision.generators import SCENE_GENERATORS, SceneGenerator
-from synthvision.outdir import MANIFEST, prepare_output_dir, remove_stale_tmp
+from synthvision.outdir import MANIFEST, prepare_output_dir, release_output_dir, remove_stale_tmp
 from synthvision.plan import ImageJob, make_plan, planned_class_counts
 from synthvision.progress import progress_bar
 from synthvision.shards import RECORDS_FILE, SHARDS_DIR, RecordIndex, ShardWriter, scan_records
@@ -508,90 +508,96 @@ def build(
 
     # The main process alone touches the directory (--overwrite may remove shards); the others
     # wait, and raise its error (a SpecError stays a SpecError) if it fails.
-    resumed, done, finished = ctx.run_on_main(prepare)
-    if done is not None or finished is None:
-        return BuildResult(out, True, True, 0, 0, done, time.perf_counter() - t0)
+    try:
+        resumed, done, finished = ctx.run_on_main(prepare)
+        if done is not None or finished is None:
+            return BuildResult(out, True, True, 0, 0, done, time.perf_counter() - t0)
 
-    skipped = int(finished.sum())
-    items = shard_items(finished, k, ctx)
-    label = spec.name if ctx.world_size == 1 else f"{spec.name} ({ctx.world_size} processes)"
-    t_gen = time.perf_counter()
-    error: Exception | None = None
-    written = 0
-    with progress_bar(show_progress, num_items, skipped, label) as tick, _polling(poller, tick):
-        try:
-            own_tick = tick if poller is None else None  # the poller counts this rank too
-            written = generate_shard(
-                spec,
-                out,
-                generator,
-                ctx,
-                batch_size=batch_size,
-                items=items,
-                jobs=jobs,
-                tick=own_tick,
-                labeler=labeler,
-                augmentation=augmentation,
-            )
-        except Exception as exc:  # shared with the other ranks, then re-raised
-            error = exc
-        # Waits for every rank's shard; raises on every rank if any rank failed.
-        per_rank = [int(n) for n in ctx.gather_outcomes(error, written)]
-    gen_seconds = time.perf_counter() - t_gen
-    written = sum(per_rank)
+        skipped = int(finished.sum())
+        items = shard_items(finished, k, ctx)
+        label = spec.name if ctx.world_size == 1 else f"{spec.name} ({ctx.world_size} processes)"
+        t_gen = time.perf_counter()
+        error: Exception | None = None
+        written = 0
+        with progress_bar(show_progress, num_items, skipped, label) as tick, _polling(poller, tick):
+            try:
+                own_tick = tick if poller is None else None  # the poller counts this rank too
+                written = generate_shard(
+                    spec,
+                    out,
+                    generator,
+                    ctx,
+                    batch_size=batch_size,
+                    items=items,
+                    jobs=jobs,
+                    tick=own_tick,
+                    labeler=labeler,
+                    augmentation=augmentation,
+                )
+            except Exception as exc:  # shared with the other ranks, then re-raised
+                error = exc
+            # Waits for every rank's shard; raises on every rank if any rank failed.
+            per_rank = [int(n) for n in ctx.gather_outcomes(error, written)]
+        gen_seconds = time.perf_counter() - t_gen
+        written = sum(per_rank)
 
-    def finish() -> dict[str, Any]:
-        t_merge = time.perf_counter()
-        index = scan_records(out, num_items)
-        missing = np.flatnonzero(~index.finished)
-        if missing.size:
-            raise RuntimeError(
-                f"{missing.size} images are missing after generation "
-                f"(first: {missing[:5].tolist()}); re-run the same command to finish them"
+        def finish() -> dict[str, Any]:
+            t_merge = time.perf_counter()
+            index = scan_records(out, num_items)
+            missing = np.flatnonzero(~index.finished)
+            if missing.size:
+                raise RuntimeError(
+                    f"{missing.size} images are missing after generation "
+                    f"(first: {missing[:5].tolist()}); re-run the same command to finish them"
+                )
+            counts = merge(spec, out, index, num_items)
+            preview = write_preview(spec, out, index, num_items)
+            merge_seconds = time.perf_counter() - t_merge
+            class_map = ClassMap(spec.class_names)
+            planned = planned_class_counts(jobs, len(class_map))
+            counts["instances"]["planned_per_class"] = dict(
+                zip(class_map.names, [p * k for p in planned], strict=True)
             )
-        counts = merge(spec, out, index, num_items)
-        preview = write_preview(spec, out, index, num_items)
-        merge_seconds = time.perf_counter() - t_merge
-        class_map = ClassMap(spec.class_names)
-        planned = planned_class_counts(jobs, len(class_map))
-        counts["instances"]["planned_per_class"] = dict(
-            zip(class_map.names, [p * k for p in planned], strict=True)
+            manifest = {
+                "synthvision_version": __version__,
+                "name": spec.name,
+                "seed": spec.seed,
+                "spec_fingerprint": fingerprint,
+                "spec": spec.to_dict(),
+                "versions": package_versions(),
+                "command": command_line(),
+                "world_size": ctx.world_size,
+                "counts": counts,
+                "this_run": {
+                    "generated_images": written,
+                    "generated_images_per_rank": per_rank,
+                    "skipped_finished_images": skipped,
+                    "resumed": resumed,
+                },
+                "timings_s": {
+                    "generate": round(gen_seconds, 3),
+                    "merge": round(merge_seconds, 3),
+                    "total": round(time.perf_counter() - t0, 3),
+                    "images_per_s": round(written / gen_seconds, 2)
+                    if written and gen_seconds
+                    else None,
+                },
+                "outputs": {
+                    "coco": {s: f"coco/annotations/instances_{s}.json" for s in spec.splits}
+                    if "coco" in spec.export.formats
+                    else None,
+                    "yolo": "yolo/data.yaml" if "yolo" in spec.export.formats else None,
+                    "preview": preview.name if preview else None,
+                },
+                "created_unix": int(time.time()),
+            }
+            _write_json_atomic(manifest_path, manifest)  # last: its presence means "complete"
+            return manifest
+
+        manifest = ctx.run_on_main(finish)  # the other ranks return once the dataset is complete
+        return BuildResult(
+            out, resumed, False, written, skipped, manifest, time.perf_counter() - t0
         )
-        manifest = {
-            "synthvision_version": __version__,
-            "name": spec.name,
-            "seed": spec.seed,
-            "spec_fingerprint": fingerprint,
-            "spec": spec.to_dict(),
-            "versions": package_versions(),
-            "command": command_line(),
-            "world_size": ctx.world_size,
-            "counts": counts,
-            "this_run": {
-                "generated_images": written,
-                "generated_images_per_rank": per_rank,
-                "skipped_finished_images": skipped,
-                "resumed": resumed,
-            },
-            "timings_s": {
-                "generate": round(gen_seconds, 3),
-                "merge": round(merge_seconds, 3),
-                "total": round(time.perf_counter() - t0, 3),
-                "images_per_s": round(written / gen_seconds, 2)
-                if written and gen_seconds
-                else None,
-            },
-            "outputs": {
-                "coco": {s: f"coco/annotations/instances_{s}.json" for s in spec.splits}
-                if "coco" in spec.export.formats
-                else None,
-                "yolo": "yolo/data.yaml" if "yolo" in spec.export.formats else None,
-                "preview": preview.name if preview else None,
-            },
-            "created_unix": int(time.time()),
-        }
-        _write_json_atomic(manifest_path, manifest)  # last: its presence means "complete"
-        return manifest
-
-    manifest = ctx.run_on_main(finish)  # the other ranks return once the dataset is complete
-    return BuildResult(out, resumed, False, written, skipped, manifest, time.perf_counter() - t0)
+    finally:
+        if ctx.is_main:
+            release_output_dir(out)  # a second run into this folder may start now

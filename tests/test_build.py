@@ -179,6 +179,40 @@ def test_the_same_spec_with_overwrite_resumes_instead_of_starting_over(
     assert build(small_spec(), tmp_path, show_progress=False, overwrite=True).already_complete
 
 
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path: Path) -> None:
+    """The same command started twice would make every image twice and append to the same shard
+    files. The lock dies with its process (here SIGKILL), so it never needs removing by hand."""
+    import signal
+    import subprocess
+    import sys
+
+    spec = small_spec(num_images=3)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path\n"
+            "from synthvision.outdir import prepare_output_dir\n"
+            "prepare_output_dir(Path(sys.argv[1]), sys.argv[2], False)\n"
+            "print('locked', flush=True); time.sleep(60)",
+            str(tmp_path),
+            spec.fingerprint(),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputDirError, match="another synthvision run is writing"):
+            build(spec, tmp_path, show_progress=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    result = build(spec, tmp_path, show_progress=False)
+    assert result.generated == 3 and validate_dataset(tmp_path) == []
+    assert not (tmp_path / ".synthvision.lock").exists()  # released, and removed, at the end
+
+
 def test_overwrite_interrupted_never_leaves_a_complete_looking_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

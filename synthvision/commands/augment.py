@@ -299,6 +299,7 @@ def augment_dataset(
     from synthvision.outdir import (
         MANIFEST,
         prepare_output_dir,
+        release_output_dir,
         remove_own_outputs,
         remove_stale_tmp,
     )
@@ -355,124 +356,138 @@ def augment_dataset(
         },
     }
     resumed = prepare_output_dir(out, _fingerprint(settings), overwrite, option="OUT")
-    if resumed and (out / MANIFEST).is_file():  # the same run already finished: nothing to do
-        done: dict[str, Any] = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-        return done
-    # Partial outputs of an earlier run of these settings; the user's own files stay.
-    remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
-    remove_stale_tmp(out)
-    write_bytes_atomic(
-        out / "spec.yaml",
-        "# Written by `synthvision augment` (not a build spec): what was augmented, and how.\n"
-        + json.dumps({"kind": "augment", "synthvision_version": __version__, **settings}, indent=2)
-        + "\n",
-    )
-
-    suffix = ".png" if image_format == "png" else ".jpg"
-    polygons = task == "segment" or masks_mode == "polygon"
-    info = {
-        "description": f"augmented copy of {src.name} ({augmenter.name})",
-        "version": __version__,
-        "contributor": "synthvision augment",
-        "url": "",
-        "year": 0,
-        "date_created": "",
-    }
-    writers: dict[str, CocoWriter] = {}
-    images_per_split = dict.fromkeys(source.splits, 0)
-    per_class = [0] * len(class_map)
-    dropped = 0
     try:
-        for split in source.splits:
-            (out / "coco" / "images" / split).mkdir(parents=True, exist_ok=True)
-            (out / "yolo" / "images" / split).mkdir(parents=True, exist_ok=True)
-            (out / "yolo" / "labels" / split).mkdir(parents=True, exist_ok=True)
-            writers[split] = CocoWriter(
-                out / "coco" / "annotations" / f"instances_{split}.json",
-                class_map,
-                info={**info, "description": f"{info['description']} ({split})"},
-                mask_mode=masks_mode,
+        if resumed and (out / MANIFEST).is_file():  # the same run already finished: nothing to do
+            done: dict[str, Any] = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+            return done
+        # Partial outputs of an earlier run of these settings; the user's own files stay.
+        remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
+        remove_stale_tmp(out)
+        write_bytes_atomic(
+            out / "spec.yaml",
+            "# Written by `synthvision augment` (not a build spec): what was augmented, and how.\n"
+            + json.dumps(
+                {"kind": "augment", "synthvision_version": __version__, **settings}, indent=2
             )
-        total_out = source.num_images * per_source
-        with (
-            open(out / PROVENANCE, "w", encoding="utf-8") as provenance,
-            progress_bar(progress, total_out, 0, "augment") as tick,
-        ):
-            for k, item in enumerate(source.images):
-                image = _load_rgb(item.path, item.size_hw)
-                if len(item.instances) and int(item.instances.class_id.max()) >= len(class_map):
-                    raise SpecError(
-                        f"{item.path}: class id {int(item.instances.class_id.max())} has no name "
-                        f"({len(class_map)} classes); fix the labels or the class list"
-                    )
-                meta = {"source_file": str(item.path), "source_split": item.split}
-                sample = Sample(k, image, item.instances, meta)
-                outs: list[Sample] = []
-                if keep_original:
-                    outs.append(
-                        Sample(
-                            output_index(k, -1, variants, True), image, item.instances, dict(meta)
-                        )
-                    )
-                indices = [output_index(k, v, variants, keep_original) for v in range(variants)]
-                outs.extend(augmenter.apply_variants(sample, seed, variants, indices=indices))
-                for o in outs:
-                    name = f"{o.index:09d}{suffix}"
-                    coco_image = out / "coco" / "images" / item.split / name
-                    write_image(coco_image, o.image, jpeg_quality=jpeg_quality)
-                    _link_or_copy(coco_image, out / "yolo" / "images" / item.split / name)
-                    records = instance_records(
-                        o.instances, coco_masks=masks_mode, polygons=polygons, size_hw=o.size_hw
-                    )
-                    writers[item.split].add_image(o.index + 1, name, o.size_hw, records)
-                    dropped += len(item.instances) - len(records)
-                    label = out / "yolo" / "labels" / item.split / f"{o.index:09d}.txt"
-                    write_bytes_atomic(label, yolo_label_text(records, o.size_hw, task))
-                    for r in records:
-                        per_class[int(r["class_id"])] += 1
-                    images_per_split[item.split] += 1
-                    line = {"index": o.index, "file_name": name, "split": item.split, **o.metadata}
-                    provenance.write(json.dumps(line, allow_nan=False) + "\n")
-                    tick(1)
-        for writer in writers.values():
-            writer.close()
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
-    write_data_yaml(out / "yolo", class_map, source.splits, images_per_split)
+            + "\n",
+        )
 
-    total = sum(images_per_split.values())
-    seconds = time.perf_counter() - t0
-    manifest = {
-        "synthvision_version": __version__,
-        "kind": "augment",
-        **settings,
-        "command": command_line(),
-        "counts": {
-            "source_images": source.num_images,
-            "images": {"total": total, **images_per_split},
-            "images_per_source": per_source,
-            "instances": {
-                "total": sum(per_class),
-                "per_class": dict(zip(class_map.names, per_class, strict=True)),
+        suffix = ".png" if image_format == "png" else ".jpg"
+        polygons = task == "segment" or masks_mode == "polygon"
+        info = {
+            "description": f"augmented copy of {src.name} ({augmenter.name})",
+            "version": __version__,
+            "contributor": "synthvision augment",
+            "url": "",
+            "year": 0,
+            "date_created": "",
+        }
+        writers: dict[str, CocoWriter] = {}
+        images_per_split = dict.fromkeys(source.splits, 0)
+        per_class = [0] * len(class_map)
+        dropped = 0
+        try:
+            for split in source.splits:
+                (out / "coco" / "images" / split).mkdir(parents=True, exist_ok=True)
+                (out / "yolo" / "images" / split).mkdir(parents=True, exist_ok=True)
+                (out / "yolo" / "labels" / split).mkdir(parents=True, exist_ok=True)
+                writers[split] = CocoWriter(
+                    out / "coco" / "annotations" / f"instances_{split}.json",
+                    class_map,
+                    info={**info, "description": f"{info['description']} ({split})"},
+                    mask_mode=masks_mode,
+                )
+            total_out = source.num_images * per_source
+            with (
+                open(out / PROVENANCE, "w", encoding="utf-8") as provenance,
+                progress_bar(progress, total_out, 0, "augment") as tick,
+            ):
+                for k, item in enumerate(source.images):
+                    image = _load_rgb(item.path, item.size_hw)
+                    top = int(item.instances.class_id.max()) if len(item.instances) else -1
+                    if top >= len(class_map):
+                        raise SpecError(
+                            f"{item.path}: class id {top} has no name ({len(class_map)} "
+                            "classes); fix the labels or the class list"
+                        )
+                    meta = {"source_file": str(item.path), "source_split": item.split}
+                    sample = Sample(k, image, item.instances, meta)
+                    outs: list[Sample] = []
+                    if keep_original:
+                        outs.append(
+                            Sample(
+                                output_index(k, -1, variants, True),
+                                image,
+                                item.instances,
+                                dict(meta),
+                            )
+                        )
+                    indices = [output_index(k, v, variants, keep_original) for v in range(variants)]
+                    outs.extend(augmenter.apply_variants(sample, seed, variants, indices=indices))
+                    for o in outs:
+                        name = f"{o.index:09d}{suffix}"
+                        coco_image = out / "coco" / "images" / item.split / name
+                        write_image(coco_image, o.image, jpeg_quality=jpeg_quality)
+                        _link_or_copy(coco_image, out / "yolo" / "images" / item.split / name)
+                        records = instance_records(
+                            o.instances, coco_masks=masks_mode, polygons=polygons, size_hw=o.size_hw
+                        )
+                        writers[item.split].add_image(o.index + 1, name, o.size_hw, records)
+                        dropped += len(item.instances) - len(records)
+                        label = out / "yolo" / "labels" / item.split / f"{o.index:09d}.txt"
+                        write_bytes_atomic(label, yolo_label_text(records, o.size_hw, task))
+                        for r in records:
+                            per_class[int(r["class_id"])] += 1
+                        images_per_split[item.split] += 1
+                        line = {
+                            "index": o.index,
+                            "file_name": name,
+                            "split": item.split,
+                            **o.metadata,
+                        }
+                        provenance.write(json.dumps(line, allow_nan=False) + "\n")
+                        tick(1)
+            for writer in writers.values():
+                writer.close()
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        write_data_yaml(out / "yolo", class_map, source.splits, images_per_split)
+
+        total = sum(images_per_split.values())
+        seconds = time.perf_counter() - t0
+        manifest = {
+            "synthvision_version": __version__,
+            "kind": "augment",
+            **settings,
+            "command": command_line(),
+            "counts": {
+                "source_images": source.num_images,
+                "images": {"total": total, **images_per_split},
+                "images_per_source": per_source,
+                "instances": {
+                    "total": sum(per_class),
+                    "per_class": dict(zip(class_map.names, per_class, strict=True)),
+                },
+                "dropped_instances": dropped,
+                # Regions over a group of objects (COCO `iscrowd: 1`) are not instances to train on.
+                "crowd_regions_not_carried": source.crowd_regions,
             },
-            "dropped_instances": dropped,
-            # Regions over a group of objects (COCO `iscrowd: 1`) are not instances to train on.
-            "crowd_regions_not_carried": source.crowd_regions,
-        },
-        "timings_s": {
-            "total": round(seconds, 3),
-            "images_per_s": round(total / seconds, 2) if seconds else None,
-        },
-        "outputs": {
-            "coco": {s: f"coco/annotations/instances_{s}.json" for s in source.splits},
-            "yolo": "yolo/data.yaml",
-            "provenance": PROVENANCE,
-        },
-    }
-    write_bytes_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: complete
-    return manifest
+            "timings_s": {
+                "total": round(seconds, 3),
+                "images_per_s": round(total / seconds, 2) if seconds else None,
+            },
+            "outputs": {
+                "coco": {s: f"coco/annotations/instances_{s}.json" for s in source.splits},
+                "yolo": "yolo/data.yaml",
+                "provenance": PROVENANCE,
+            },
+        }
+        write_bytes_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: complete
+        return manifest
+    finally:
+        release_output_dir(out)
 
 
 # -------------------------------------------------------------------------------------- CLI
