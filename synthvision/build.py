@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -377,10 +377,12 @@ def merge(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> dict
     per_class = [0] * len(class_map)
     dropped = unplaced = retries = 0
     rejected: list[int] = []
+    rejected_reasons: Counter[str] = Counter()
     for i in range(num_items):
         rec = index.read(i)
         if rec.get("rejected"):
             rejected.append(i)
+            rejected_reasons[str(rec["rejected"])] += 1
             retries += int(rec.get("metadata", {}).get("retries", 0))
             continue
         split, size_hw = rec["split"], (int(rec["height"]), int(rec["width"]))
@@ -420,7 +422,11 @@ def merge(spec: Spec, out_dir: Path, index: RecordIndex, num_items: int) -> dict
         "dropped_by_visibility": dropped,
         "unplaced_by_layout": unplaced,
         "retries": retries,
-        "rejected_images": {"count": len(rejected), "indices": rejected[:100]},
+        "rejected_images": {
+            "count": len(rejected),
+            "indices": rejected[:100],
+            "reasons": dict(sorted(rejected_reasons.items())),
+        },
     }
 
 
@@ -551,6 +557,15 @@ def build(
                     f"(first: {missing[:5].tolist()}); re-run the same command to finish them"
                 )
             counts = merge(spec, out, index, num_items)
+            if counts["images"]["total"] == 0:
+                # With no manifest the folder stays "unfinished": no empty dataset looks complete.
+                reasons = counts["rejected_images"]["reasons"]
+                raise SpecError(
+                    f"all {num_items} images were rejected after their retries "
+                    f"({', '.join(f'{r}: {n}' for r, n in reasons.items())}), so there is no "
+                    "dataset; loosen the filters (black_max, blank_std, clip_filter.threshold, "
+                    "min_instances) or raise max_retries, then build again with --overwrite"
+                )
             preview = write_preview(spec, out, index, num_items)
             merge_seconds = time.perf_counter() - t_merge
             class_map = ClassMap(spec.class_names)

@@ -49,26 +49,34 @@ def local_files_only_for(
 
     Without network, huggingface_hub retries for about a minute before diffusers reports that
     the repository "does not appear to have a file named model_index.json", which hides the
-    cause. So for a hub id: when the hub cannot be reached, a model in the local cache loads
-    from it (`True`), and one that is not is a SpecError at once that says so. `filename` is a
-    file every snapshot of the model has (`model_index.json`, `config.json`).
+    cause (offline mode gives the same words at once). So for a hub id: when the hub cannot or
+    may not be reached (`asked`, HF_HUB_OFFLINE), a model in the local cache loads from it
+    (`True`), and one that is not is a SpecError at once that says why. `filename` is a file
+    every snapshot of the model has (`model_index.json`, `config.json`).
     """
-    if asked or Path(model).expanduser().is_dir():
+    if Path(model).expanduser().is_dir():
         return asked
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE or _hub_reachable(constants.ENDPOINT):
-        return False  # offline mode fails fast by itself; online loads as usual
+    offline = asked or constants.HF_HUB_OFFLINE
+    if not offline and _hub_reachable(constants.ENDPOINT):
+        return False  # online: loads (and downloads) as usual
     try:
         cached = try_to_load_from_cache(model, filename, revision=revision)
     except ValueError:  # not a valid repo id: from_pretrained words that error
-        return False
+        return asked
     if isinstance(cached, str):
         return True
-    host = urlparse(constants.ENDPOINT).hostname
+    why = (
+        "local_files_only is set"
+        if asked
+        else "HF_HUB_OFFLINE=1 is set"
+        if constants.HF_HUB_OFFLINE
+        else f"{urlparse(constants.ENDPOINT).hostname} cannot be reached"
+    )
     raise SpecError(
-        f"{where}: cannot reach {host} to download {model!r}, and it is not in the local Hugging "
-        f"Face cache ({constants.HF_HUB_CACHE}); download it where there is network "
+        f"{where}: {model!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+        f"and {why}, so it cannot be downloaded; download it where there is network "
         f"(hf download {model}) and copy the cache here, or give a local directory saved with "
         "save_pretrained"
     )

@@ -322,8 +322,14 @@ def test_unreachable_hub_is_a_clear_error_at_once(
         monkeypatch.delenv(name, raising=False)
     hub._hub_reachable.cache_clear()
     try:
-        with pytest.raises(SpecError, match=r"scene\.params\.model: cannot reach huggingface\.co"):
+        with pytest.raises(SpecError, match=r"model: 'someone/not-cached' is not in the local"):
             make(scene_spec("diffusion-attention", "someone/not-cached"))
+        with pytest.raises(SpecError, match=r"and huggingface\.co cannot be reached"):
+            make(scene_spec("diffusion-attention", "someone/not-cached"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline: the same, saying why
+        with pytest.raises(SpecError, match=r"not in the local .* and HF_HUB_OFFLINE=1 is set"):
+            make(scene_spec("diffusion-attention", "someone/not-cached"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         # in the cache: it loads from there, without trying the hub
         monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/c/x")
         where = "scene.params.model"
@@ -337,6 +343,32 @@ def test_unreachable_hub_is_a_clear_error_at_once(
         )
     finally:
         hub._hub_reachable.cache_clear()
+
+
+def test_settings_that_could_never_label_are_spec_errors(tmp_path: Any) -> None:
+    """Accepted, these built images that were all rejected (or never labeled)."""
+    model = tiny_models.sd_model()
+    with pytest.raises(SpecError, match=r"scene\.params\.attention: .* eager cannot record"):
+        make(scene_spec("diffusion-attention", model, attention="eager"))
+    # the tiny UNet has cross-attention at factors 1 and 2 (its first block and mid block)
+    with pytest.raises(SpecError, match=r"capture_layers: \[4\] match no .* factors \[1, 2\]"):
+        make(scene_spec("diffusion-attention", model, capture_layers=[2, 4]))
+    with pytest.raises(SpecError, match=r"attention: tighten .* eager cannot record"):
+        make(scene_spec("gligen", tiny_models.gligen_model(), attention="eager"))
+    make(scene_spec("gligen", tiny_models.gligen_model(), attention="eager", tighten=False))
+    # weights saved as pickles only: the error says which switch loads them
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not really")
+    with pytest.raises(SpecError, match=r"set use_safetensors: false if you trust them"):
+        make(scene_spec("diffusion-attention", str(tmp_path)))
+
+
+def test_negative_prompt_is_recorded_only_when_guidance_uses_it() -> None:
+    guided = make(scene_spec("diffusion-attention", tiny_models.sd_model()))
+    unguided = make(scene_spec("diffusion-attention", tiny_models.sd_model(), guidance_scale=1.0))
+    job = make_plan(guided.spec)[0]
+    assert guided.generate([job])[0].metadata["negative_prompt"] == guided.params.negative_prompt
+    assert unguided.generate([job])[0].metadata["negative_prompt"] is None
 
 
 def test_bad_params_are_spec_errors() -> None:

@@ -122,3 +122,14 @@ def test_labeling_while_the_next_batch_generates_changes_nothing(
         results[mode] = (dataset_digests(out), counts["retries"], counts["rejected_images"])
     assert results["pipelined"][1] > 0  # the case does exercise retries
     assert results["pipelined"] == results["sequential"]
+
+
+def test_a_build_whose_every_image_is_rejected_is_an_error_not_a_dataset(tmp_path: Path) -> None:
+    from synthvision.errors import SpecError
+
+    params = {"model": tiny_models.sd_model(), **PIPE, "black_max": 255, "max_retries": 0}
+    spec = _spec(scene={"name": "diffusion-attention", "params": params})
+    with pytest.raises(SpecError, match=r"all 4 images were rejected after their retries \(black"):
+        build_mod.build(spec, tmp_path, batch_size=4, show_progress=False)
+    assert not (tmp_path / "manifest.json").exists()
+    assert validate_dataset(tmp_path)[0].startswith("manifest.json is missing")

@@ -21,10 +21,11 @@ see `synthvision.labelers.attention`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -243,6 +244,60 @@ def _model_index(params: PipelineParams, local_files_only: bool) -> dict[str, An
     return dict(cfg)
 
 
+def cross_attention_factors(unet: Any) -> set[int] | None:
+    """Latent downsampling factors at which `unet` has cross-attention layers (SD 1.5: 1, 2, 4
+    and the mid block's 8; SDXL: 2 and 4), from its config; None if the config does not say."""
+    config = getattr(unet, "config", None)
+    down = list(getattr(config, "down_block_types", None) or [])
+    if not down:
+        return None
+    factors = {2**i for i, kind in enumerate(down) if "CrossAttn" in kind}
+    if "CrossAttn" in str(getattr(config, "mid_block_type", "") or ""):
+        factors.add(2 ** (len(down) - 1))
+    return factors
+
+
+def _check_capture_layers(wanted: list[int] | None, unet: Any, where: str) -> None:
+    available = cross_attention_factors(unet)
+    if not wanted or available is None:
+        return
+    missing = sorted(set(wanted) - available)
+    if missing:
+        raise SpecError(
+            f"{where}.capture_layers: {missing} match no cross-attention layer; this UNet has "
+            f"them at downsampling factors {sorted(available)}"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_diffusers_logging() -> Iterator[None]:
+    """diffusers logs each component it fails to load, then raises; only errors get through."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _load_hint(params: PipelineParams) -> str:
+    """How to fix a failed load: a folder with pickled weights only needs use_safetensors."""
+    from pathlib import Path
+
+    folder = Path(params.model).expanduser()
+    if params.use_safetensors and folder.is_dir() and any(folder.rglob("*.bin")):
+        return (
+            "it has .bin weights and use_safetensors is true; convert them to safetensors, or "
+            "set use_safetensors: false if you trust them (.bin files are pickles)"
+        )
+    return (
+        "give a local directory saved with save_pretrained or a hub id; with HF_HUB_OFFLINE=1 "
+        "the weights must already be in the cache"
+    )
+
+
 def load_pipeline(params: PipelineParams, where: str, pipeline_class: Any = None) -> LoadedPipeline:
     """Load (or reuse) the pipeline for `params`; SpecError with one clear line on failure.
 
@@ -280,12 +335,12 @@ def load_pipeline(params: PipelineParams, where: str, pipeline_class: Any = None
     loader = pipeline_class or AutoPipelineForText2Image
     follow_hub_progress_setting()
     try:
-        pipe = loader.from_pretrained(params.model, **kwargs)
+        with _quiet_diffusers_logging():  # a failure is our one error line, not two log lines
+            pipe = loader.from_pretrained(params.model, **kwargs)
     except (OSError, ValueError) as exc:
         raise SpecError(
             f"{where}.model: could not load diffusion pipeline {params.model!r}: "
-            f"{_first_line(exc)} (give a local directory saved with save_pretrained or a hub id; "
-            "with HF_HUB_OFFLINE=1 the weights must already be in the cache)"
+            f"{_first_line(exc)} ({_load_hint(params)})"
         ) from None
     if params.safety_checker and getattr(pipe, "safety_checker", None) is None:
         raise SpecError(f"{where}.safety_checker: model {params.model!r} has no safety checker")
@@ -318,6 +373,7 @@ def load_pipeline(params: PipelineParams, where: str, pipeline_class: Any = None
             if params.fuse_qkv:
                 fuse_projections(unet, where)
             n_capture = attn_labels.install_capture(unet, store)
+            _check_capture_layers(params.capture_layers, unet, where)
         if params.channels_last:
             unet.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
@@ -478,6 +534,20 @@ class DiffusionEngine:
     def from_params(cls, params: PipelineParams, where: str) -> DiffusionEngine:
         return cls(load_pipeline(params, where), params, where)
 
+    def require_capture(self, purpose: str) -> None:
+        """SpecError unless cross-attention maps can be recorded: `purpose` (e.g. "labels from
+        attention") would otherwise get no maps, and every image no labels."""
+        if self.params.attention == "eager":
+            raise SpecError(
+                f"{self.where}.attention: {purpose} needs the cross-attention maps, which "
+                "attention: eager cannot record; use attention: sdpa"
+            )
+        if self.loaded.capture_layers == 0:
+            raise SpecError(
+                f"{self.where}.model: {purpose} needs cross-attention layers, and the UNet of "
+                f"{self.params.model!r} has none to record"
+            )
+
     # -- sizes -----------------------------------------------------------------------------
 
     def generation_size(self, size_hw: tuple[int, int]) -> tuple[int, int]:
@@ -499,6 +569,10 @@ class DiffusionEngine:
             "scheduler": type(pipe.scheduler).__name__,
             "steps": self.params.steps,
             "guidance_scale": self.params.guidance_scale,
+            # Only classifier-free guidance uses it: without, none was used whatever is set.
+            "negative_prompt": self.params.negative_prompt
+            if self.params.guidance_scale > 1.0
+            else None,
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "safety_checker": "on" if self.loaded.safety_checker else "off",
         }

@@ -98,7 +98,6 @@ class PromptedScenes:
         )
         md: dict[str, Any] = {
             "prompt": prompt,
-            "negative_prompt": negative,
             "attributes": attrs,
             "planned": [self.spec.classes[c].name for c in job.class_ids],
             "tokens": {self.spec.classes[c].name: tokens[c] for c in sorted(set(job.class_ids))},
@@ -117,6 +116,7 @@ class DiffusionAttentionScenes:
         self.spec = spec
         self.prompts = PromptedScenes(params, spec, params.prompt, params.empty_prompt, where)
         self.engine = DiffusionEngine.from_params(params, where)
+        self.engine.require_capture("diffusion-attention labels from attention")
         self.min_area_px = params.min_area_px or spec.layout.min_area_px
 
     def _labels(

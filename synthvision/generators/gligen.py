@@ -160,6 +160,8 @@ class GligenScenes:
         self.prompts = PromptedScenes(params, spec, params.prompt, params.empty_prompt, where)
         check_template(params.phrase, {*self.prompts.attributes, "class"}, f"{where}.phrase")
         self.engine = GligenEngine(params, where)
+        if params.tighten:
+            self.engine.require_capture("tighten (boxes fitted to the attention mask)")
 
     def _request(self, job: ImageJob) -> tuple[GenRequest, dict[str, Any], npt.NDArray[Any]]:
         gen, md = self.prompts.build(job, self.engine, self.params.negative_prompt)
