@@ -12,8 +12,8 @@ Each rung reports
     gen      images/s of generation + VAE decode + decode checks (no capture),
     capture  the same with cross-attention capture on (its overhead vs gen),
     e2e      `synthvision.build.build` end to end: plan, generation with capture, attention
-             labels, JPEG export, COCO + YOLO merge (eager-attention rungs cannot capture: they
-             are end to end without labels),
+             labels, JPEG export, COCO + YOLO merge (not for the eager-attention rungs: they
+             cannot capture, and diffusion-attention refuses to build without labels),
 and each against the FLOP bound (FLOPs counted with torch's FlopCounterMode; the default peak is
 800 TFLOP/s, a dense bf16 H100 figure).
 
@@ -529,7 +529,9 @@ def measure_rung(  # type: ignore[no-untyped-def]
             row["capture_coarse"] = engine_rate(coarse, n, args.size, capture=True)
             log(rung.name, "capture (32/16 px layers only)", row["capture_coarse"])
     save_partial()
-    if not args.no_e2e:
+    if not args.no_e2e and rung.attention == "eager":
+        row["e2e_skipped"] = "eager attention cannot capture: diffusion-attention cannot label"
+    elif not args.no_e2e:
         try:
             row["e2e"] = build_rate(params, n_e2e, args.size, tmp)
             log(rung.name, "e2e", row["e2e"])
