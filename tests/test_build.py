@@ -340,7 +340,11 @@ def test_rejected_samples_are_counted_and_never_labeled(tmp_path: Path) -> None:
     result = build(spec, tmp_path / "ds", show_progress=False)
     assert result.manifest is not None
     counts = result.manifest["counts"]
-    assert counts["rejected_images"] == {"count": 2, "indices": [1, 4]}
+    assert counts["rejected_images"] == {
+        "count": 2,
+        "indices": [1, 4],
+        "reasons": {"black image after 2 retries": 2},
+    }
     assert counts["retries"] == 4 and counts["images"]["total"] == 5
     ids = set()
     for split in ("train", "val"):
