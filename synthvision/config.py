@@ -343,27 +343,23 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     data = load_spec_dict(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a YAML mapping of keys")
-    spec_dir = Path(path).parent
-    aug = data.get("augment")
-    if isinstance(aug, dict) and isinstance(aug.get("file"), str):
-        # Paths inside a spec are relative to the spec file, not to the current directory.
-        aug["file"] = str((spec_dir / aug["file"]).expanduser().resolve())
-    data = _paths_next_to_the_spec(data, spec_dir)
+    data = _paths_next_to_the_spec(data, Path(path).parent)
     # `--set` values are typed in a shell: their relative paths are the working directory's.
     data = apply_overrides(data, overrides or [])
     return parse_spec(data, source=str(path))
 
 
 def _paths_next_to_the_spec(node: Any, spec_dir: Path, key: str | None = None) -> Any:
-    """Relative local paths under PATH_KEYS (a checkpoint, a model folder) that exist next to the
-    spec file become absolute, so a spec builds the same from any working directory. Values
-    that exist nowhere there are left alone: hub ids ("owner/name") and keywords ("builtin")."""
+    """Relative paths under PATH_KEYS become absolute, taken from the spec file's folder, so a
+    spec builds the same from any working directory. A `file` always names a file (an error
+    then names where it was looked for); a `checkpoint` or `model` only when it exists there,
+    since otherwise it is a hub id ("owner/name") or a keyword ("builtin")."""
     if isinstance(node, dict):
         return {k: _paths_next_to_the_spec(v, spec_dir, str(k)) for k, v in node.items()}
     if isinstance(node, list):
         return [_paths_next_to_the_spec(v, spec_dir, key) for v in node]
     if isinstance(node, str) and key in PATH_KEYS and node not in PATH_KEYWORDS:
         path = Path(node).expanduser()
-        if not path.is_absolute() and (spec_dir / path).exists():
+        if not path.is_absolute() and (key == "file" or (spec_dir / path).exists()):
             return str((spec_dir / path).resolve())
     return node

@@ -1,8 +1,8 @@
-"""The progress bar of long commands (build, augment): items, this run's rate, time left."""
+"""The progress bars of long commands (build, augment, train-cvae): items, rate, time left."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,14 +15,7 @@ def progress_bar(
     if not enabled:
         yield lambda n: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
     class _Rate(TextColumn):
         def render(self, task: Any) -> Any:
@@ -36,14 +29,30 @@ def progress_bar(
                 return Text("   -- img/s")
             return Text(f"{made / elapsed:6.1f} img/s")
 
-    columns = (
+    with rich_progress(middle=(_Rate(""),)) as bar:
+        task = bar.add_task(label, total=total, completed=done)
+        yield lambda n: bar.advance(task, n)
+
+
+def rich_progress(*, middle: Sequence[Any] = (), tail: Sequence[Any] = ()) -> Any:
+    """A rich `Progress` with synthvision's columns: label, bar, done/total, `middle`, elapsed,
+    remaining, `tail` (the build's and train-cvae's bars look alike)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _Rate(""),
+        *middle,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        *tail,
+        transient=False,
     )
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(label, total=total, completed=done)
-        yield lambda n: bar.advance(task, n)

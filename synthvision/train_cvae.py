@@ -547,23 +547,11 @@ class _NullProgress:
 def _progress(enabled: bool) -> Any:
     if not enabled:
         return _NullProgress()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
+    from synthvision.progress import rich_progress
+
+    return rich_progress(tail=(TextColumn("{task.fields[info]}"),))
 
 
 def _describe_source(src: dict[str, Any]) -> str:
