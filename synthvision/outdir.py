@@ -1,8 +1,9 @@
 """The output directory: who owns it, and what `--overwrite` may remove.
 
 A directory is a synthvision output when it holds `.synthvision.json` (written before anything
-else, with the spec fingerprint). Re-running the same spec resumes; a different spec is refused
-unless `--overwrite`, which removes only synthvision's own outputs and never other files.
+else, with the spec fingerprint). Re-running the same spec resumes, with or without
+`--overwrite`; a different spec is refused unless `--overwrite`, which removes only synthvision's
+own outputs and never other files. A run holds a lock on the folder while it writes.
 """
 
 from __future__ import annotations
