@@ -575,6 +575,7 @@ def test_augment_cli_errors_are_one_line(coco_source: Path, tmp_path: Path) -> N
         res = runner.invoke(app, ["augment", str(coco_source), str(tmp_path / "x"), *args])
         assert res.exit_code == 2, res.output
         assert needle in res.output and res.output.count("error:") == 1
+        assert not (tmp_path / "x").exists()  # refused before OUT is claimed
     missing = runner.invoke(
         app, ["augment", str(tmp_path / "nope"), str(tmp_path / "x"), "--preset", "light"]
     )

@@ -130,16 +130,20 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
         for a in d.get("annotations", [])
     )
 
+    # Found now, before OUT is claimed: a wrong --images is an error with nothing written.
+    folders = [
+        coco_images_dir(p, split, str(d["images"][0]["file_name"]) if d["images"] else None, images)
+        for p, split, d in docs
+    ]
+
     def _iter() -> Iterator[SourceImage]:
-        for ann_path, split, doc in docs:
+        for (ann_path, split, doc), folder in zip(docs, folders, strict=True):
             class_of = {class_map.coco_category_id(i): i for i in range(len(class_map))}
             by_image: dict[int, list[dict[str, Any]]] = {}
             for a in doc.get("annotations", []):
                 if not a.get("iscrowd", 0):  # crowd regions are not instances: dropped
                     by_image.setdefault(int(a["image_id"]), []).append(a)
             entries = doc["images"]
-            first = str(entries[0]["file_name"]) if entries else None
-            folder = coco_images_dir(ann_path, split, first, images)
             for img in entries:
                 size_hw = (int(img["height"]), int(img["width"]))
                 anns = sorted(by_image.get(int(img["id"]), []), key=lambda a: int(a["id"]))
