@@ -27,14 +27,21 @@ import numpy as np
 
 from synthvision import __version__
 from synthvision.config import Spec
+from synthvision.dataset_items import (  # re-exported: the build's parts
+    Variants,
+    create_labeler,
+    create_scene_generator,
+    sample_record,
+    variants_per_image,
+)
 from synthvision.distributed import ProcessContext as ProcessContext  # re-exported
 from synthvision.distributed import pin_device
 from synthvision.errors import SpecError
 from synthvision.formats.coco import CocoWriter
 from synthvision.formats.images import IMAGE_SUFFIX, encode_image, write_bytes_atomic
-from synthvision.formats.records import instance_records, instances_from_records
+from synthvision.formats.records import instances_from_records
 from synthvision.formats.yolo import write_data_yaml, yolo_label_text
-from synthvision.generators import SCENE_GENERATORS, SceneGenerator
+from synthvision.generators import SceneGenerator
 from synthvision.outdir import MANIFEST, prepare_output_dir, release_output_dir, remove_stale_tmp
 from synthvision.plan import ImageJob, make_plan, planned_class_counts
 from synthvision.progress import progress_bar
@@ -66,12 +73,6 @@ def command_line() -> str:
     return " ".join([prog, *sys.argv[1:]])
 
 
-def variants_per_image(spec: Spec) -> int:
-    """Dataset images per generated image: augmented variants (+ the original if kept)."""
-    aug = spec.augment
-    return aug.variants + int(aug.keep_original) if aug.enabled else 1
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "synthvision": __version__}
     for name in PACKAGES_IN_MANIFEST:
@@ -80,69 +81,6 @@ def package_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def create_labeler(spec: Spec) -> Any:
-    """The spec's labeler (e.g. an open-vocabulary detector), or None."""
-    if spec.labeler is None:
-        return None
-    from synthvision.labelers.base import LABELERS
-
-    return LABELERS.create(spec.labeler.name, spec.labeler.params, "labeler", spec=spec)
-
-
-def create_scene_generator(spec: Spec) -> SceneGenerator:
-    """Validate the spec's components and build its scene generator (SpecError on bad input)."""
-    return SCENE_GENERATORS.create(spec.scene.name, spec.scene.params, "scene", spec=spec)
-
-
-class _Augmentation:
-    """Turns one generated sample into its dataset items (variants), with output indices."""
-
-    def __init__(self, spec: Spec) -> None:
-        self.k = variants_per_image(spec)
-        self.keep_original = spec.augment.keep_original
-        self.seed = spec.seed
-        self.augmenter: Any = None
-        if spec.augment.enabled:
-            from synthvision.augment import Augmenter
-
-            self.augmenter = Augmenter.from_spec(spec.augment)
-
-    def items(self, sample: Sample, wanted: set[int]) -> Iterator[tuple[int, Sample]]:
-        from_index = sample.index * self.k
-        for slot in range(self.k):
-            out_index = from_index + slot
-            if out_index not in wanted:
-                continue
-            if self.augmenter is None or (self.keep_original and slot == 0):
-                item = Sample(out_index, sample.image, sample.instances, dict(sample.metadata))
-            else:
-                from synthvision.augment import augment_seed
-
-                variant = slot - int(self.keep_original)
-                seed = augment_seed(self.seed, sample.index, variant)
-                # Provenance (source index, variant, seed, drawn params) goes into metadata.
-                item = self.augmenter.apply(sample, seed, variant=variant, index=out_index)
-            item.metadata["source_index"] = sample.index
-            yield out_index, item
-
-
-def _record(sample: Sample, split: str, spec: Spec) -> dict[str, Any]:
-    export = spec.export
-    h, w = sample.size_hw
-    return {
-        "split": split,
-        "height": h,
-        "width": w,
-        "instances": instance_records(
-            sample.instances,
-            coco_masks=export.coco_masks,
-            polygons=export.yolo_task == "segment" or export.coco_masks == "polygon",
-            size_hw=sample.size_hw,
-        ),
-        "metadata": sample.metadata,
-    }
 
 
 class _RecordPoller:
@@ -225,7 +163,7 @@ def generate_shard(
     jobs: Sequence[ImageJob] | None = None,
     tick: Callable[[int], None] | None = None,
     labeler: Any = None,
-    augmentation: _Augmentation | None = None,
+    augmentation: Variants | None = None,
 ) -> int:
     """Generate and write `items` (this rank's share: `shard_items`) into this rank's shard.
 
@@ -237,7 +175,7 @@ def generate_shard(
     wanted = set(items)
     suffix = IMAGE_SUFFIX[spec.export.image_format]
     export = spec.export
-    augmentation = _Augmentation(spec) if augmentation is None else augmentation
+    augmentation = Variants(spec) if augmentation is None else augmentation
     writer = ShardWriter(out_dir, ctx.rank)
 
     def write_item(out_index: int, item: Sample, split: str) -> None:
@@ -247,7 +185,7 @@ def generate_shard(
             jpeg_quality=export.jpeg_quality,
             png_compress_level=export.png_compress_level,
         )
-        writer.write(out_index, encoded, suffix, _record(item, split, spec))
+        writer.write(out_index, encoded, suffix, sample_record(item, split, spec))
 
     def submit(samples: list[Sample]) -> None:
         if labeler is not None:
@@ -491,7 +429,7 @@ def build(
     jobs = make_plan(spec)  # validates count targets before anything is written
     generator = create_scene_generator(spec)  # once per process: models load once per rank
     labeler = create_labeler(spec)
-    augmentation = _Augmentation(spec)  # a bad augment section fails here, before any write
+    augmentation = Variants(spec)  # a bad augment section fails here, before any write
     fingerprint = spec.fingerprint()
     manifest_path = out / MANIFEST
     k = variants_per_image(spec)

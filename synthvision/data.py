@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from synthvision.errors import SpecError
 from synthvision.formats.coco import annotation_record
 from synthvision.formats.records import instances_from_records
+from synthvision.structures import Instances
 
 
 class SynthDetection:
@@ -51,8 +53,6 @@ class SynthDetection:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[Any, dict[str, Any]]:
-        import torch
-
         info = self.images[i]
         size_hw = (int(info["height"]), int(info["width"]))
         with Image.open(self.images_dir / info["file_name"]) as img:
@@ -61,17 +61,31 @@ class SynthDetection:
             annotation_record(a, self._class_of) for a in self._anns.get(int(info["id"]), [])
         ]
         inst = instances_from_records(records, size_hw, with_masks=self.with_masks)
-        target: dict[str, Any] = {
-            "boxes": torch.from_numpy(inst.xyxy.copy()),
-            "labels": torch.from_numpy(inst.class_id.copy()),
-            "image_id": int(info["id"]),
-            "area": torch.from_numpy(inst.area.astype(np.float32)),
-            "iscrowd": torch.zeros(len(inst), dtype=torch.int64),
-        }
-        if self.with_masks and inst.masks is not None:
-            target["masks"] = torch.from_numpy(inst.masks.copy())
-        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0)
-        return tensor, target
+        return image_tensor(image), detection_target(inst, int(info["id"]), self.with_masks)
+
+
+def image_tensor(image: npt.NDArray[np.uint8]) -> Any:
+    """uint8 (H, W, 3) RGB -> float32 tensor (3, H, W) in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def detection_target(inst: Instances, image_id: int, with_masks: bool = True) -> dict[str, Any]:
+    """torchvision's detection target of one image: boxes float32 (N, 4) xyxy px, labels int64
+    (N,) 0-based, masks bool (N, H, W) when asked for and present, image_id, area, iscrowd."""
+    import torch
+
+    target: dict[str, Any] = {
+        "boxes": torch.from_numpy(inst.xyxy.copy()),
+        "labels": torch.from_numpy(inst.class_id.copy()),
+        "image_id": image_id,
+        "area": torch.from_numpy(inst.area.astype(np.float32)),
+        "iscrowd": torch.zeros(len(inst), dtype=torch.int64),
+    }
+    if with_masks and inst.masks is not None:
+        target["masks"] = torch.from_numpy(inst.masks.copy())
+    return target
 
 
 def collate_detection(

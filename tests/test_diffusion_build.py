@@ -133,3 +133,24 @@ def test_a_build_whose_every_image_is_rejected_is_an_error_not_a_dataset(tmp_pat
         build_mod.build(spec, tmp_path, batch_size=4, show_progress=False)
     assert not (tmp_path / "manifest.json").exists()
     assert validate_dataset(tmp_path)[0].startswith("manifest.json is missing")
+
+
+def test_a_stream_of_attention_labeled_scenes_is_the_png_build(tmp_path: Path) -> None:
+    import torch
+
+    from synthvision.data import SynthDetection
+    from synthvision.stream import SynthStream
+
+    spec = STRATEGIES["diffusion-attention"]().model_copy(
+        update={"export": _spec(export={"image_format": "png", "preview_images": 0}).export}
+    )
+    build_mod.build(spec, tmp_path / "out", batch_size=4, show_progress=False)
+    on_disk = SynthDetection(tmp_path / "out", "val")
+    streamed = list(SynthStream(spec, "val", batch_size=4))
+    assert len(streamed) == len(on_disk) == 2
+    for (image, target), (want_image, want) in zip(
+        streamed, (on_disk[i] for i in range(len(on_disk))), strict=True
+    ):
+        assert torch.equal(image, want_image) and target["image_id"] == want["image_id"]
+        assert torch.equal(target["boxes"], want["boxes"])
+        assert torch.equal(target["masks"], want["masks"])

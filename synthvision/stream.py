@@ -1,0 +1,195 @@
+"""Train on a spec's images as they are generated: a PyTorch IterableDataset, nothing on disk.
+
+    from torch.utils.data import DataLoader
+    from synthvision.data import collate_detection
+    from synthvision.stream import SynthStream
+
+    stream = SynthStream("configs/quickstart.yaml", split="train")
+    loader = DataLoader(stream, batch_size=8, num_workers=2, collate_fn=collate_detection)
+    for epoch in range(10):
+        stream.set_epoch(epoch)  # epoch 0: the spec's dataset; each later epoch: new images
+        for images, targets in loader:
+            ...
+
+Each item is `(image, target)` in the format of `synthvision.data.SynthDetection`, and epoch 0
+is the dataset `synthvision build` writes for the same spec: the same items, labels and
+`image_id`s (the pixels are identical to a build with `export.image_format: png`; a JPEG build
+adds its compression). Epoch `e > 0` is the dataset of the seed derived from (spec seed, e): new
+images, the same splits, class targets and augmentation, as reproducible as epoch 0.
+
+Sharding: the generated images of the split are dealt round-robin to every DataLoader worker of
+every rank (`torch.distributed` when it is initialised, or `rank`/`world_size` given), so each
+item is yielded exactly once per epoch whatever the number of workers and ranks. Generation is
+batched (`batch_size` images per generator call) inside each worker.
+
+GPU generators (diffusion) belong in the main process (`num_workers=0`): CUDA cannot start in a
+forked worker. Pass `persistent_workers=False` (the default) if you call `set_epoch`: persistent
+workers keep the dataset copy of the epoch they started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from synthvision import randomness
+from synthvision.config import Spec, load_spec
+from synthvision.data import detection_target, image_tensor
+from synthvision.dataset_items import (
+    Variants,
+    create_labeler,
+    create_scene_generator,
+    sample_record,
+    variants_per_image,
+)
+from synthvision.errors import SpecError
+from synthvision.formats.records import instances_from_records
+from synthvision.plan import ImageJob, assign_split_ids, make_plan
+from synthvision.structures import Sample
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The dataset seed of `epoch`: the spec's own for epoch 0, a derived one after."""
+    if epoch == 0:
+        return seed
+    return randomness.derive_seed(seed, randomness.GLOBAL_INDEX, f"stream.epoch.{epoch}")
+
+
+class SynthStream(IterableDataset):  # type: ignore[type-arg]
+    """The items of one split (or all: `split=None`) of a spec, generated while iterating.
+
+    `spec`: a `Spec` or the path of a spec file (with `overrides`, as `--set key=value`).
+    `batch_size`: images per generator call. `with_masks`: as in `SynthDetection`.
+    `rank`, `world_size`: this process's share; default: `torch.distributed`'s, else 0 and 1.
+    """
+
+    def __init__(
+        self,
+        spec: Spec | str | Path,
+        split: str | None = "train",
+        *,
+        overrides: Sequence[str] = (),
+        batch_size: int = 8,
+        with_masks: bool = True,
+        epoch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if not isinstance(spec, Spec):
+            spec = load_spec(spec, list(overrides))
+        elif overrides:
+            raise SpecError("overrides apply to a spec file: give its path, not a Spec")
+        if split is not None and split not in spec.splits:
+            raise SpecError(
+                f"split {split!r} is not in the spec; its splits: {', '.join(spec.splits)}"
+            )
+        if batch_size < 1:
+            raise SpecError(f"batch_size must be at least 1 (got {batch_size})")
+        if (rank is None) != (world_size is None) or (
+            world_size is not None and not 0 <= int(rank or 0) < world_size
+        ):
+            raise SpecError(
+                "give both rank and world_size, with 0 <= rank < world_size "
+                f"(got {rank}, {world_size})"
+            )
+        self.spec = spec
+        self.split = split
+        self.batch_size = batch_size
+        self.with_masks = with_masks
+        self.classes = list(spec.class_names)
+        self._rank_world = None if rank is None else (int(rank), int(world_size or 1))
+        self._k = variants_per_image(spec)
+        # The split of each generated image depends on its index only, not on the seed.
+        split_ids = assign_split_ids(spec.splits, spec.num_images)
+        wanted = list(spec.splits).index(split) if split is not None else None
+        self._images = (
+            np.arange(spec.num_images) if wanted is None else np.flatnonzero(split_ids == wanted)
+        )
+        self.set_epoch(epoch)
+        # Built now, so a bad spec fails here and not in a DataLoader worker; workers started by
+        # spawn build their own (`__getstate__`), forked ones share these.
+        self._generator: Any = create_scene_generator(spec)
+        self._labeler: Any = create_labeler(spec)
+        self._variants: Variants | None = Variants(spec)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch 0 is the spec's dataset; each other epoch is a new, reproducible one."""
+        if epoch < 0:
+            raise SpecError(f"epoch must be >= 0 (got {epoch})")
+        self.epoch = int(epoch)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self._rank_world is not None:
+            return self._rank_world
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _share(self) -> tuple[int, int]:
+        """(this worker's share, number of shares) over ranks x DataLoader workers."""
+        rank, world = self._rank_and_world()
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return rank * workers + worker, world * workers
+
+    def __len__(self) -> int:
+        """Items this rank yields per epoch (all its DataLoader workers together).
+
+        At most: an image a filter rejects after its retries (diffusion) yields nothing.
+        """
+        rank, world = self._rank_and_world()
+        return len(self._images[rank::world]) * self._k
+
+    def __iter__(self) -> Iterator[tuple[Any, dict[str, Any]]]:
+        share, shares = self._share()
+        mine = self._images[share::shares].tolist()
+        if not mine:
+            return
+        if self._generator is None:  # a spawned worker: its own models
+            self._generator = create_scene_generator(self.spec)
+            self._labeler = create_labeler(self.spec)
+            self._variants = Variants(self.spec)
+        assert self._variants is not None
+        seed = epoch_seed(self.spec.seed, self.epoch)
+        spec = self.spec if seed == self.spec.seed else self.spec.model_copy(update={"seed": seed})
+        plan = make_plan(spec)
+        for start in range(0, len(mine), self.batch_size):
+            samples = self._generate([plan[i] for i in mine[start : start + self.batch_size]])
+            if self._labeler is not None:
+                samples = self._labeler.label(samples)
+            for sample in samples:
+                if sample.metadata.get("rejected"):  # failed every retry: never labeled
+                    continue
+                split = plan[sample.index].split
+                for out_index, item in self._variants.items(sample, seed=seed):
+                    yield self._as_torch(item, out_index, split)
+
+    def _generate(self, jobs: list[ImageJob]) -> list[Sample]:
+        try:
+            return self._generator.generate(jobs)  # type: ignore[no-any-return]
+        except RuntimeError as exc:
+            if "forked subprocess" not in str(exc):
+                raise
+            raise SpecError(
+                "this spec generates on CUDA, which cannot start in a forked DataLoader worker: "
+                "pass num_workers=0 (the generator batches on the GPU itself)"
+            ) from exc
+
+    def _as_torch(self, item: Sample, out_index: int, split: str) -> tuple[Any, dict[str, Any]]:
+        # Through the export's records, so labels are the ones a build writes (tight boxes of the
+        # visible masks, 1e-4 px rounding, polygons when the spec exports them).
+        records = sample_record(item, split, self.spec)["instances"]
+        inst = instances_from_records(records, item.size_hw, with_masks=self.with_masks)
+        return image_tensor(item.image), detection_target(inst, out_index + 1, self.with_masks)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers started by spawn get the spec, not the parent's models: each loads its own.
+        state = dict(self.__dict__)
+        state.update(_generator=None, _labeler=None, _variants=None)
+        return state

@@ -1,0 +1,122 @@
+"""SynthStream: a spec's items generated while iterating, equal to what a build writes."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from synthvision.build import build
+from synthvision.data import SynthDetection, collate_detection
+from synthvision.errors import SpecError
+from synthvision.stream import SynthStream, epoch_seed
+
+from .helpers import small_spec
+
+Item = tuple[torch.Tensor, dict[str, Any]]
+
+
+def assert_same_items(got: list[Item], want: list[Item]) -> None:
+    assert [t["image_id"] for _, t in got] == [t["image_id"] for _, t in want]
+    for (image_a, target_a), (image_b, target_b) in zip(got, want, strict=True):
+        assert torch.equal(image_a, image_b)
+        assert target_a.keys() == target_b.keys()
+        for key in ("boxes", "labels", "masks", "area", "iscrowd"):
+            if key in target_a:
+                assert target_a[key].dtype == target_b[key].dtype, key
+                assert torch.equal(target_a[key], target_b[key]), key
+
+
+def by_id(items: list[Item]) -> list[Item]:
+    return sorted(items, key=lambda item: item[1]["image_id"])
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},  # plain compose; RLE masks
+        {  # augmented variants (k = 2 items per generated image), polygon masks
+            "augment": {"preset": "medium", "variants": 1, "keep_original": True},
+            "export": {"image_format": "png", "coco_masks": "polygon", "preview_images": 0},
+        },
+    ],
+    ids=["compose", "augmented-polygons"],
+)
+def test_epoch_0_is_the_dataset_a_png_build_writes(tmp_path: Path, over: dict[str, Any]) -> None:
+    over = {"export": {"image_format": "png", "preview_images": 0}, **over}
+    spec = small_spec(num_images=7, **over)
+    build(spec, tmp_path / "ds", show_progress=False)
+    for split in spec.splits:
+        on_disk = SynthDetection(tmp_path / "ds", split)
+        stream = SynthStream(spec, split, batch_size=3)
+        got = list(stream)
+        assert len(got) == len(stream) == len(on_disk) > 0
+        assert stream.classes == on_disk.classes
+        assert_same_items(got, [on_disk[i] for i in range(len(on_disk))])
+
+
+def test_every_item_once_whatever_the_workers_and_ranks(tmp_path: Path) -> None:
+    spec = small_spec(num_images=11)
+    alone = list(SynthStream(spec, None, batch_size=4))
+    assert [t["image_id"] for _, t in alone] == list(range(1, 12))
+
+    stream = SynthStream(spec, None, batch_size=2)
+    loader = DataLoader(stream, batch_size=3, num_workers=2, collate_fn=collate_detection)
+    with_workers = [item for ims, targets in loader for item in zip(ims, targets, strict=True)]
+    assert_same_items(by_id(with_workers), alone)
+
+    shares = [SynthStream(spec, None, rank=r, world_size=3) for r in range(3)]
+    assert [len(s) for s in shares] == [4, 4, 3]
+    assert_same_items(by_id([item for s in shares for item in s]), alone)
+
+
+def test_later_epochs_are_new_reproducible_datasets_with_the_same_splits() -> None:
+    spec = small_spec(num_images=6)
+    stream = SynthStream(spec, "train")
+    epoch0 = list(stream)
+    stream.set_epoch(1)
+    epoch1 = list(stream)
+    assert [t["image_id"] for _, t in epoch1] == [t["image_id"] for _, t in epoch0]
+    assert not any(torch.equal(a, b) for (a, _), (b, _) in zip(epoch0, epoch1, strict=True))
+    assert_same_items(list(SynthStream(spec, "train", epoch=1)), epoch1)
+    stream.set_epoch(0)
+    assert_same_items(list(stream), epoch0)
+    assert epoch_seed(7, 0) == 7 and len({epoch_seed(7, e) for e in range(50)}) == 50
+
+
+def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
+    spec = small_spec()
+    with pytest.raises(SpecError, match="split 'test' is not in the spec; its splits: train, val"):
+        SynthStream(spec, "test")
+    with pytest.raises(SpecError, match="batch_size must be at least 1"):
+        SynthStream(spec, batch_size=0)
+    with pytest.raises(SpecError, match="give both rank and world_size"):
+        SynthStream(spec, rank=1)
+    with pytest.raises(SpecError, match="0 <= rank < world_size"):
+        SynthStream(spec, rank=2, world_size=2)
+    with pytest.raises(SpecError, match="epoch must be >= 0"):
+        SynthStream(spec).set_epoch(-1)
+    with pytest.raises(SpecError, match="unknown object source"):
+        SynthStream(small_spec(objects={"name": "nope"}))  # at construction, not in a worker
+
+
+def test_a_spec_file_with_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(small_spec(num_images=3).to_yaml())
+    stream = SynthStream(path, None, overrides=["num_images=2"])
+    assert len(stream) == 2 and [t["image_id"] for _, t in stream] == [1, 2]
+
+
+def test_a_cuda_generator_in_a_forked_worker_is_told_to_use_no_workers() -> None:
+    stream = SynthStream(small_spec(num_images=2))
+
+    def cuda_in_a_fork(jobs: object) -> None:  # what torch raises there
+        raise RuntimeError(
+            "Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, "
+            "you must use the 'spawn' start method"
+        )
+
+    stream._generator.generate = cuda_in_a_fork
+    with pytest.raises(SpecError, match="pass num_workers=0"):
+        next(iter(stream))
