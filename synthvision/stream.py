@@ -23,8 +23,7 @@ item is yielded exactly once per epoch whatever the number of workers and ranks.
 batched (`batch_size` images per generator call) inside each worker.
 
 GPU generators (diffusion) belong in the main process (`num_workers=0`): CUDA cannot start in a
-forked worker. Pass `persistent_workers=False` (the default) if you call `set_epoch`: persistent
-workers keep the dataset copy of the epoch they started with.
+forked worker. `set_epoch` reaches persistent workers too: the epoch lives in shared memory.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from synthvision import randomness
@@ -109,6 +109,8 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         self._images = (
             np.arange(spec.num_images) if wanted is None else np.flatnonzero(split_ids == wanted)
         )
+        # In shared memory, so DataLoader workers (persistent ones too) see `set_epoch`.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.set_epoch(epoch)
         # Built now, so a bad spec fails here and not in a DataLoader worker; workers started by
         # spawn build their own (`__getstate__`), forked ones share these.
@@ -120,7 +122,11 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         """Epoch 0 is the spec's dataset; each other epoch is a new, reproducible one."""
         if epoch < 0:
             raise SpecError(f"epoch must be >= 0 (got {epoch})")
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self._rank_world is not None:

@@ -58,7 +58,9 @@ def test_epoch_0_is_the_dataset_a_png_build_writes(tmp_path: Path, over: dict[st
 
 def test_every_item_once_whatever_the_workers_and_ranks(tmp_path: Path) -> None:
     # Augmented: albumentations mixes DataLoader worker seeds in unless it is told not to.
-    spec = small_spec(num_images=11, augment={"preset": "heavy", "variants": 1, "keep_original": True})
+    spec = small_spec(
+        num_images=11, augment={"preset": "heavy", "variants": 1, "keep_original": True}
+    )
     alone = list(SynthStream(spec, None, batch_size=4))
     assert [t["image_id"] for _, t in alone] == list(range(1, 23))
 
@@ -83,6 +85,16 @@ def test_later_epochs_are_new_reproducible_datasets_with_the_same_splits() -> No
     assert_same_items(list(SynthStream(spec, "train", epoch=1)), epoch1)
     stream.set_epoch(0)
     assert_same_items(list(stream), epoch0)
+
+    # Persistent workers keep their copy of the dataset; the epoch still reaches them.
+    stream = SynthStream(spec, "train", batch_size=2)
+    loader = DataLoader(
+        stream, batch_size=2, num_workers=2, persistent_workers=True, collate_fn=collate_detection
+    )
+    for epoch, want in ((0, epoch0), (1, epoch1), (0, epoch0)):
+        stream.set_epoch(epoch)
+        got = [item for ims, targets in loader for item in zip(ims, targets, strict=True)]
+        assert_same_items(by_id(got), want)
     assert epoch_seed(7, 0) == 7 and len({epoch_seed(7, e) for e in range(50)}) == 50
 
 
