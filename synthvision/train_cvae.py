@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from synthvision.models.cvae import CVAENetwork
 
 CHECKPOINT_SUBDIR = "checkpoints/last"
+# TrainConfig fields a resumed run may change (more epochs, where and how often it saves).
+_RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "device", "samples_per_class"})
 TRAINING_FILE = "training.json"
 
 
@@ -346,6 +348,9 @@ def fit(
     _refuse_foreign_output(out)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": []}
     model_kwargs = config.model_kwargs(class_names)
+    # Settings that shape the optimisation: a resumed run must keep them, or its epochs would mix
+    # two trainings while training.json and the model card report only the last one.
+    optim = _jsonable({k: v for k, v in asdict(config).items() if k not in _RESUMABLE_CHANGES})
     resuming = resume and (ckpt / "trainer_state.json").is_file()
     if resuming:
         state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -358,6 +363,15 @@ def fit(
             raise SpecError(
                 f"{out}: its checkpoint has another model configuration; use another --output "
                 "or --no-resume to start over"
+            )
+        before = state.get("train_settings")
+        if before is not None and before != optim:
+            changed = sorted(k for k in optim if before.get(k) != optim[k])
+            raise SpecError(
+                f"{out}: its checkpoint was trained with other settings ("
+                + ", ".join(f"{k} {before.get(k)!r} -> {optim[k]!r}" for k in changed)
+                + "); re-run with the same options to resume, or use another --output or "
+                "--no-resume to start over"
             )
     init_gen = randomness.torch_generator(config.seed, randomness.GLOBAL_INDEX, "cvae.init")
     model = ConditionalVAE.initialized(init_gen, **model_kwargs)
@@ -469,6 +483,7 @@ def fit(
                         "history": history,
                         "fingerprint": meta["fingerprint"],
                         "model_kwargs": model_kwargs,
+                        "train_settings": optim,
                         "train_seconds": train_seconds,
                         "crops_seen": crops_seen,
                     }

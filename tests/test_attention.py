@@ -204,6 +204,22 @@ def test_refine_boxes_with_maps_tightens_inside_the_box() -> None:
     np.testing.assert_array_equal(boxes[0], [40, 40, 60, 60])
 
 
+def test_a_box_nested_in_a_larger_box_of_its_class_keeps_a_mask() -> None:
+    """Boxes of one class share one map, so every pixel they share ties: the smaller (nested)
+    box takes them, else it would lose all its pixels to the larger one and its object its
+    label. The larger box's mask still covers the whole object (holes filled)."""
+    class_map = np.zeros((16, 16), np.float32)
+    class_map[1:15, 1:15] = 1.0
+    layout = np.array([[8.0, 8.0, 120.0, 120.0], [50.0, 50.0, 80.0, 80.0]])
+    for order in ([0, 1], [1, 0]):
+        _, masks = attn.refine_boxes_with_maps(
+            layout[order], np.stack([class_map, class_map]), (128, 128)
+        )
+        by_box = dict(zip(order, masks, strict=True))
+        assert by_box[1].sum() == 30 * 30 and by_box[1][50:80, 50:80].all()
+        assert by_box[0][50:80, 50:80].all() and by_box[0].sum() > 0.99 * 112 * 112
+
+
 @pytest.mark.parametrize(("dtype", "num_queries"), [(torch.float32, 3), (torch.bfloat16, 11)])
 def test_query_maps_are_the_head_mean_of_weighted_softmax_probabilities(
     dtype: torch.dtype, num_queries: int

@@ -539,6 +539,28 @@ def test_augment_command_is_reproducible_and_guards_out(coco_source: Path, tmp_p
     assert dataset_digests(a) == before
 
 
+def test_augment_command_keeps_a_saved_pipelines_box_settings(
+    coco_source: Path, tmp_path: Path
+) -> None:
+    """As in a build spec: the box settings saved with the pipeline apply unless an option
+    sets them (the CLI used to pass its defaults, 0.3 and 16 px, as if the user had)."""
+    from typer.testing import CliRunner
+
+    from synthvision.cli import app
+
+    path = tmp_path / "strict.yaml"
+    Augmenter.from_preset("viewpoint", BoxSettings(min_visibility=0.9, min_area_px=400)).save(path)
+    runner = CliRunner()
+    for extra, want in (([], (0.9, 400.0)), (["--min-visibility", "0.5"], (0.5, 400.0))):
+        out = tmp_path / f"out{len(extra)}"
+        res = runner.invoke(
+            app, ["augment", str(coco_source), str(out), "--pipeline", str(path), *extra]
+        )
+        assert res.exit_code == 0, res.output
+        box = json.loads((out / "manifest.json").read_text())["pipeline"]["synthvision"]["box"]
+        assert (box["min_visibility"], box["min_area_px"]) == want
+
+
 def test_augment_command_yolo_source(coco_source: Path, tmp_path: Path) -> None:
     from synthvision.commands.augment import augment_dataset
     from synthvision.validate import validate_dataset

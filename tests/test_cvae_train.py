@@ -238,6 +238,12 @@ def test_train_from_coco_end_to_end_and_resume(coco_dir: Path, tmp_path: Path) -
     config = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert "_name_or_path" not in config  # no local path leaks into a shared model folder
 
+    # a resume with other optimisation settings is refused (its epochs would mix two trainings);
+    # more epochs are fine
+    changed = TrainConfig(epochs=4, holdout=0.2, **{**TINY, "batch_size": 4})  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match="other settings \\(batch_size 8 -> 4\\)"):
+        train_cvae(src, tmp_path / "cut", changed, progress=False)
+
     # other data in the same folder is refused
     other = resolve_source(str(coco_dir), min_size=8, classes=["disc"])
     with pytest.raises(SpecError, match="other data"):

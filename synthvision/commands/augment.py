@@ -277,8 +277,8 @@ def augment_dataset(
     overwrite: bool = False,
     images: Path | None = None,
     source_format: str = "auto",
-    min_visibility: float = 0.3,
-    min_area_px: float = 16.0,
+    min_visibility: float | None = None,
+    min_area_px: float | None = None,
     image_format: ImageFormat = "jpeg",
     jpeg_quality: int = 90,
     coco_masks: CocoMasks | None = None,
@@ -286,6 +286,9 @@ def augment_dataset(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Augment the dataset at `src` into `out` (COCO + YOLO); returns the manifest.
+
+    `min_visibility` / `min_area_px`: None keeps the box settings a pipeline file saved with
+    `Augmenter.save` carries (else the defaults 0.3 / 16 px); a value given always wins.
 
     `coco_masks` defaults to "rle" when the source has masks (else "none"); `yolo_task` to
     "segment" for a YOLO source with polygon rows (else "detect").
@@ -317,7 +320,12 @@ def augment_dataset(
     if image_format not in ("jpeg", "png"):
         raise SpecError(f"--image-format must be jpeg or png, got {image_format!r}")
     fields: dict[str, Any] = {"variants": variants, "keep_original": keep_original}
-    fields.update(min_visibility=min_visibility, min_area_px=min_area_px)
+    # Only options the user gave count as explicit: a pipeline saved by Augmenter.save keeps
+    # its own box settings otherwise (Augmenter.from_spec), as in a build spec.
+    if min_visibility is not None:
+        fields["min_visibility"] = min_visibility
+    if min_area_px is not None:
+        fields["min_area_px"] = min_area_px
     if preset is not None:
         fields["preset"] = preset
     if pipeline_file is not None:
@@ -528,9 +536,19 @@ def augment_command(
         str, typer.Option("--format", help="auto, coco or yolo (when SRC has both).")
     ] = "auto",
     min_visibility: Annotated[
-        float, typer.Option(help="Drop instances less visible than this (0..1).")
-    ] = 0.3,
-    min_area_px: Annotated[float, typer.Option(help="Drop instances smaller than this.")] = 16.0,
+        float | None,
+        typer.Option(
+            help="Drop instances less visible than this (0..1; default 0.3, or the value saved "
+            "in a --pipeline file)."
+        ),
+    ] = None,
+    min_area_px: Annotated[
+        float | None,
+        typer.Option(
+            help="Drop instances smaller than this (default 16, or the value saved in a "
+            "--pipeline file)."
+        ),
+    ] = None,
     image_format: Annotated[str, typer.Option(help="jpeg or png.")] = "jpeg",
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality 1..100.")] = 90,
     coco_masks: Annotated[

@@ -465,7 +465,8 @@ def refine_boxes_with_maps(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """Tighten layout boxes (N, 4) with their maps (N, h, w): each box's mask is the largest
     component of its above-threshold attention *inside* the box (pixels claimed by several boxes go
-    to the strongest map). A box whose mask fills less than `min_fill` of it keeps the full box.
+    to the strongest map; on a tie, to the smaller box). A box whose mask fills less than
+    `min_fill` of it keeps the full box.
     Returns (xyxy (N, 4) float32, masks (N, H, W) bool)."""
     h, w = size_hw
     n = len(boxes_xyxy)
@@ -477,7 +478,17 @@ def refine_boxes_with_maps(
     for i, (x1, y1, x2, y2) in enumerate(np.round(b).astype(int)):
         inside[i, y1:y2, x1:x2] = True
     scored = np.where(inside, norm, np.float32(-1.0))
-    winner, _ = _winner(scored)
+    # Ties (boxes of one class share one map, so every overlap ties) go to the smaller box: a
+    # box nested in a larger one would otherwise lose all its pixels to it and its object its
+    # label, while the larger box's mask still covers the overlap once its holes are filled.
+    areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    order = np.argsort(-areas, kind="stable")  # largest first: later (smaller) boxes win ties
+    best = np.full((h, w), -np.inf, dtype=np.float32)
+    winner = np.zeros((h, w), dtype=np.intp)
+    for i in order:
+        better = scored[i] >= best
+        winner[better] = i
+        np.maximum(best, scored[i], out=best)
     out_boxes = np.zeros((n, 4), np.float32)
     out_masks = np.zeros((n, h, w), bool)
     for i in range(n):
