@@ -1,6 +1,6 @@
 """Train the cVAE checkpoint shipped in synthvision/checkpoints/cvae-builtin (reproducible).
 
-    python scripts/train_builtin_cvae.py      # the shipped run: ~16 min on 2 idle CPU cores
+    python scripts/train_builtin_cvae.py --ship   # the shipped run: ~16 min on 2 idle CPU cores
     python scripts/train_builtin_cvae.py --work /tmp/cvae-run --epochs 2   # quick look
 
 Data: `--count-per-class` crops of every built-in procedural class, drawn from `--seed`; 10% per
@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", help="cpu (reproducible reference) or cuda")
     ap.add_argument("--work", type=Path, default=REPO / "build" / "cvae-builtin-run")
-    ap.add_argument("--output", type=Path, default=SHIPPED)
+    ap.add_argument(
+        "--output", type=Path, default=None, help="copy the checkpoint here (default: nowhere)"
+    )
+    ap.add_argument(
+        "--ship", action="store_true", help=f"replace the shipped checkpoint ({SHIPPED})"
+    )
     ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     args = ap.parse_args(argv)
 
@@ -81,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     result = train_cvae(source, args.work, config, resume=not args.no_resume, log=print)
     print(f"trained in {time.perf_counter() - t0:.0f} s, {result.crops_per_second:.0f} crops/s")
 
+    if args.ship:
+        args.output = SHIPPED
+    if args.output is None:  # a trial run never replaces the checkpoint every build uses
+        print(f"checkpoint in {args.work}; pass --ship to replace the shipped one")
+        return 0
     args.output.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED_FILES:
         shutil.copy2(args.work / name, args.output / name)

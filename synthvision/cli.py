@@ -96,6 +96,17 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _launch_rank() -> int | None:
+    """This process's global rank as a launcher set it (torchrun, accelerate, mpirun), or None."""
+    import os
+
+    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
 @app.command()
 @user_errors
 def build(
@@ -126,7 +137,17 @@ def build(
     from synthvision.distributed import RankFailedError, process_context, shutdown
     from synthvision.hub import hide_loading_bars
 
-    spec_obj = load_spec(spec, set_ or [])
+    try:
+        spec_obj = load_spec(spec, set_ or [])
+    except SpecError:
+        # Every rank of a launch reads the same spec: the rank-0 process alone says what is
+        # wrong (README: "a bad spec is reported once"), the others exit with the same code.
+        if _launch_rank() not in (None, 0):
+            import time
+
+            time.sleep(3)  # the launcher stops every rank once one exits: let rank 0 print first
+            raise typer.Exit(2) from None
+        raise
     out_dir = out if out is not None else Path("outputs") / spec_obj.name
     ctx = process_context()  # one process, or this rank of `accelerate launch` / torchrun
     if not (progress and ctx.is_main):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 
 from synthvision.errors import SpecError
 from synthvision.registry import format_validation_error
@@ -24,6 +26,11 @@ from synthvision.spec_yaml import load_yaml
 class _Strict(SpecModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+# data.yaml keys other than splits (Ultralytics): a split of that name would replace them.
+RESERVED_SPLIT_NAMES = frozenset(
+    {"names", "nc", "path", "download", "yaml_file", "channels", "kpt_shape", "flip_idx"}
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -188,6 +195,11 @@ class Spec(_Strict):
         for name in v:
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"split name {name!r} must be letters, digits, - or _")
+            if name in RESERVED_SPLIT_NAMES:
+                raise ValueError(
+                    f"split name {name!r} is a key of YOLO's data.yaml, where each split is "
+                    "listed by name; choose another name"
+                )
         total = sum(v.values())
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"split fractions must sum to 1 (they sum to {total:g})")
@@ -216,6 +228,11 @@ class Spec(_Strict):
         """
         data = self.to_dict()
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        # sort_keys forgets the order of `splits`, which the plan uses (round-robin ties go to
+        # the first split): {val, train} assigns other images than {train, val}. Stated when it
+        # is not the sorted order, so fingerprints of existing builds stay what they were.
+        if list(self.splits) != sorted(self.splits):
+            blob += "\nsplit order:" + json.dumps(list(self.splits))
         files = {value: content_digest(path) for value, path in referenced_files(data)}
         if files:
             blob += "\n" + json.dumps(files, sort_keys=True, separators=(",", ":"))
@@ -290,6 +307,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set num_images=100")
         parts = key.strip().split(".")
         node: Any = data
+        model: Any = Spec  # the spec model `node` is an instance of (None: free-form params)
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             where = ".".join(parts[: depth + 1])
@@ -300,14 +318,52 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     node[int(part)] = _parse_value(raw)
                 else:
                     node = node[int(part)]
+                    model = model if _is_model(model) else None
             elif isinstance(node, dict):
                 if last:
                     node[part] = _parse_value(raw)
                 else:
-                    node = node.setdefault(part, {})
+                    # A key the file leaves out starts from its default, so that `image_size.0=`,
+                    # `objects.params.x=` or `export.formats.0=` override one part of it.
+                    if node.get(part) is None:
+                        node[part] = _default_of(model, part)
+                    model = _sub_model(model, part)
+                    node = node[part]
             else:
                 raise SpecError(f"--set {key}: {'.'.join(parts[:depth])} is not a mapping or list")
     return data
+
+
+def _is_model(model: Any) -> bool:
+    return isinstance(model, type) and issubclass(model, SpecModel)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The spec model inside a field's annotation (`LayoutSpec`, `ComponentSpec | None`, and
+    `list[ClassSpec]`, whose items are ClassSpec), or None."""
+    if _is_model(annotation):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _sub_model(model: Any, part: str) -> Any:
+    field = model.model_fields.get(part) if _is_model(model) else None
+    return None if field is None else _model_in(field.annotation)
+
+
+def _default_of(model: Any, part: str) -> Any:
+    """The plain-data default of `model.part` ({} when it has none or defaults to None)."""
+    field = model.model_fields.get(part) if _is_model(model) else None
+    if field is None or field.is_required():
+        return {}
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, SpecModel):  # only what its factory set (`name`): what the user did
+        return value.model_dump(mode="json", exclude_unset=True)  # not set stays a default
+    return {} if value is None else to_jsonable_python(value)
 
 
 def parse_spec(data: Any, source: str = "spec") -> Spec:
@@ -323,6 +379,8 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
 
 def load_spec_dict(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"spec file {str(p)!r} is a folder (give the path to a YAML spec)")
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist (give the path to a YAML spec)")
     try:

@@ -61,7 +61,8 @@ class SynthDetection:
             annotation_record(a, self._class_of) for a in self._anns.get(int(info["id"]), [])
         ]
         inst = instances_from_records(records, size_hw, with_masks=self.with_masks)
-        return image_tensor(image), detection_target(inst, int(info["id"]), self.with_masks)
+        area = [float(r["area"]) for r in records]
+        return image_tensor(image), detection_target(inst, area, int(info["id"]), self.with_masks)
 
 
 def image_tensor(image: npt.NDArray[np.uint8]) -> Any:
@@ -71,16 +72,20 @@ def image_tensor(image: npt.NDArray[np.uint8]) -> Any:
     return torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def detection_target(inst: Instances, image_id: int, with_masks: bool = True) -> dict[str, Any]:
+def detection_target(
+    inst: Instances, area: list[float], image_id: int, with_masks: bool = True
+) -> dict[str, Any]:
     """torchvision's detection target of one image: boxes float32 (N, 4) xyxy px, labels int64
-    (N,) 0-based, masks bool (N, H, W) when asked for and present, image_id, area, iscrowd."""
+    (N,) 0-based, masks bool (N, H, W) when asked for and present, image_id, iscrowd, and `area`
+    (N,): the annotations' own areas (mask areas), as torchvision's CocoDetection gives them,
+    also when masks are left out (COCOeval's size buckets read it)."""
     import torch
 
     target: dict[str, Any] = {
         "boxes": torch.from_numpy(inst.xyxy.copy()),
         "labels": torch.from_numpy(inst.class_id.copy()),
         "image_id": image_id,
-        "area": torch.from_numpy(inst.area.astype(np.float32)),
+        "area": torch.tensor(area, dtype=torch.float32).reshape(len(inst)),
         "iscrowd": torch.zeros(len(inst), dtype=torch.int64),
     }
     if with_masks and inst.masks is not None:

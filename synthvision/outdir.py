@@ -145,36 +145,9 @@ def prepare_output_dir(
         raise OutputDirError(
             f"output path {str(out_dir)!r} is a file; choose a directory with {option}"
         )
-    resumed = False
-    if out_dir.is_dir() and any(p.name != LOCK for p in out_dir.iterdir()):
-        marker = read_marker(out_dir)
-        if marker is None and not overwrite:
-            raise OutputDirError(
-                f"output directory {str(out_dir)!r} is not empty and is not a synthvision output; "
-                f"choose another {option}, or pass --overwrite to write synthvision's files into "
-                "it (other files are left alone)"
-            )
-        if marker is None:
-            # Nothing here is ours, so nothing may be replaced: refuse where a name collides.
-            taken = [n for n in OWN_OUTPUTS if (out_dir / n).exists() or (out_dir / n).is_symlink()]
-            if taken:
-                raise OutputDirError(
-                    f"output directory {str(out_dir)!r} is not a synthvision output and already "
-                    f"has {', '.join(taken)}, which a build writes; choose another {option}, or "
-                    "move them away first"
-                )
-        if marker is not None and marker.get("spec_fingerprint") == fingerprint:
-            resumed = True
-            if (out_dir / MANIFEST).is_file():
-                return True  # complete: nothing will be written (the folder may be read-only)
-        elif marker is not None and not overwrite:
-            raise OutputDirError(
-                f"output directory {str(out_dir)!r} holds a build of a different spec; choose "
-                f"another {option}, or pass --overwrite to replace that build"
-            )
-        replace = marker is not None and not resumed
-    else:
-        replace = False
+    resumed, replace, complete = _state(out_dir, fingerprint, overwrite, option)
+    if complete:
+        return True  # complete: nothing will be written (the folder may be read-only)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-test-{os.getpid()}"
@@ -186,6 +159,15 @@ def prepare_output_dir(
             f"choose a writable {option}"
         ) from None
     _lock(out_dir, option)  # before anything of another run's is removed or resumed
+    try:
+        # Again under the lock: a run that held it may have claimed (or finished) the folder
+        # since the first look; deciding on that stale look would mark its dataset as ours.
+        resumed, replace, complete = _state(out_dir, fingerprint, overwrite, option)
+    except OutputDirError:
+        release_output_dir(out_dir)
+        raise
+    if complete:
+        return True
     if replace:
         remove_own_outputs(out_dir)
     if not resumed:
@@ -193,6 +175,40 @@ def prepare_output_dir(
         tmp.write_text(json.dumps({"spec_fingerprint": fingerprint}, indent=2))
         os.replace(tmp, out_dir / MARKER)
     return resumed
+
+
+def _state(
+    out_dir: Path, fingerprint: str, overwrite: bool, option: str
+) -> tuple[bool, bool, bool]:
+    """(resumed, replace, complete) for a build of `fingerprint` into `out_dir` as it is now;
+    OutputDirError when the folder may not be used."""
+    if not (out_dir.is_dir() and any(p.name != LOCK for p in out_dir.iterdir())):
+        return False, False, False
+    marker = read_marker(out_dir)
+    if marker is None and not overwrite:
+        raise OutputDirError(
+            f"output directory {str(out_dir)!r} is not empty and is not a synthvision output; "
+            f"choose another {option}, or pass --overwrite to write synthvision's files into "
+            "it (other files are left alone)"
+        )
+    if marker is None:
+        # Nothing here is ours, so nothing may be replaced: refuse where a name collides.
+        taken = [n for n in OWN_OUTPUTS if (out_dir / n).exists() or (out_dir / n).is_symlink()]
+        if taken:
+            raise OutputDirError(
+                f"output directory {str(out_dir)!r} is not a synthvision output and already "
+                f"has {', '.join(taken)}, which a build writes; choose another {option}, or "
+                "move them away first"
+            )
+        return False, False, False
+    if marker.get("spec_fingerprint") == fingerprint:
+        return True, False, (out_dir / MANIFEST).is_file()
+    if not overwrite:
+        raise OutputDirError(
+            f"output directory {str(out_dir)!r} holds a build of a different spec; choose "
+            f"another {option}, or pass --overwrite to replace that build"
+        )
+    return False, True, False
 
 
 _HELD_LOCKS: dict[Path, int] = {}  # output folder -> fd holding its flock, in this process

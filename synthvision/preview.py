@@ -45,7 +45,15 @@ def preview_dataset(
     elif yolo_yaml.is_file():
         from synthvision.formats.yolo import load_yolo
 
-        splits = [split] if split else sorted(p.name for p in (dataset / "yolo/labels").iterdir())
+        # Split folders under images/ (labels/ also holds Ultralytics' `{split}.cache` files).
+        images_root = dataset / "yolo" / "images"
+        splits = (
+            [split]
+            if split
+            else sorted(p.name for p in images_root.iterdir() if p.is_dir())
+            if images_root.is_dir()
+            else []
+        )
         for split_name in splits:
             class_map, yolo_images = load_yolo(dataset / "yolo", split_name)
             for yolo_item in islice(yolo_images, num - len(tiles)):

@@ -9,6 +9,7 @@ a record and an image, whatever rank wrote them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +98,21 @@ class ShardWriter:
     def _truncate_partial_tail(self) -> None:
         if not self.records_path.exists():
             return
+        # Look for the last newline from the end: the file holds every record of this rank
+        # (gigabytes for millions of images with masks), which must not be read into memory.
         with open(self.records_path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+            end = pos = f.seek(0, os.SEEK_END)
+            while pos > 0:
+                step = min(1 << 16, pos)
+                f.seek(pos - step)
+                chunk = f.read(step)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    if pos - step + newline + 1 < end:
+                        f.truncate(pos - step + newline + 1)
+                    return
+                pos -= step
+            f.truncate(0)  # no complete line at all
 
     def write(self, index: int, encoded: bytes, suffix: str, record: dict[str, Any]) -> None:
         rel = f"images/{image_name(index, suffix)}"

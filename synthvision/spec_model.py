@@ -36,6 +36,8 @@ class SpecModel(BaseModel):
 def _holds_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return True
+    if isinstance(value, dict):  # e.g. `splits: {train: true}`
+        value = list(value.values())
     return isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)
 
 
@@ -55,6 +57,8 @@ def _leaf_types(annotation: Any) -> typing.Iterator[Any]:
         yield from _leaf_types(args[0])
     elif origin is typing.Literal:
         yield from (type(v) for v in args)
+    elif origin is dict:  # values only: keys are names
+        yield from _leaf_types(args[1]) if len(args) == 2 else iter(())
     elif origin in (typing.Union, types.UnionType, list, tuple, set, frozenset):
         for arg in args:
             if arg is not Ellipsis:

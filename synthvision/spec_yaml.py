@@ -16,6 +16,7 @@ import yaml
 from yaml.constructor import ConstructorError
 
 MAX_VALUES = 1_000_000
+MAX_CHARS = 64_000_000  # characters of text once aliases are expanded
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -57,26 +58,36 @@ def load_yaml(text: str) -> Any:
     return data
 
 
-def _count_values(node: Any, counted: dict[int, int], open_nodes: set[int]) -> int:
-    """Values in `node` with every alias expanded; shared sub-trees are counted once per use but
-    walked once (memo by identity), so an alias bomb is measured without being expanded."""
+def _count_values(
+    node: Any, counted: dict[int, tuple[int, int]], open_nodes: set[int]
+) -> tuple[int, int]:
+    """(values, characters of text) in `node` with every alias expanded; shared sub-trees are
+    counted once per use but walked once (memo by identity), so an alias bomb is measured without
+    being expanded. Text counts too: a long string aliased many times is few values but expands
+    to gigabytes as soon as anything copies or serialises the spec."""
     if not isinstance(node, (dict, list)):
-        return 1
+        return 1, len(node) if isinstance(node, (str, bytes)) else 0
     key = id(node)
     if key in counted:
         return counted[key]
     if key in open_nodes:
         raise YAMLTooLarge("an alias refers to a mapping or list that contains it")
     open_nodes.add(key)
-    children = node.values() if isinstance(node, dict) else node
-    total = 1
+    children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+    total, chars = 1, 0
     for child in children:
-        total += _count_values(child, counted, open_nodes)
+        n, c = _count_values(child, counted, open_nodes)
+        total, chars = total + n, chars + c
         if total > MAX_VALUES:
             raise YAMLTooLarge(
                 f"its aliases expand to more than {MAX_VALUES:,} values; write the data out "
                 "or use fewer nested aliases"
             )
+        if chars > MAX_CHARS:
+            raise YAMLTooLarge(
+                f"its text (with aliases expanded) is more than {MAX_CHARS:,} characters; "
+                "write the data out or use fewer aliases"
+            )
     open_nodes.discard(key)
-    counted[key] = total
-    return total
+    counted[key] = (total, chars)
+    return total, chars

@@ -47,6 +47,7 @@ from synthvision.dataset_items import (
     variants_per_image,
 )
 from synthvision.errors import SpecError
+from synthvision.formats.coco import coco_annotation
 from synthvision.formats.records import instances_from_records
 from synthvision.plan import ImageJob, assign_split_ids, make_plan
 from synthvision.structures import Sample
@@ -192,7 +193,10 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         # visible masks, 1e-4 px rounding, polygons when the spec exports them).
         records = sample_record(item, split, self.spec)["instances"]
         inst = instances_from_records(records, item.size_hw, with_masks=self.with_masks)
-        return image_tensor(item.image), detection_target(inst, out_index + 1, self.with_masks)
+        mode, size_hw = self.spec.export.coco_masks, item.size_hw
+        area = [coco_annotation(r, 0, 0, mode, size_hw)["area"] for r in records]  # as written
+        target = detection_target(inst, area, out_index + 1, self.with_masks)
+        return image_tensor(item.image), target
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers started by spawn get the spec, not the parent's models: each loads its own.

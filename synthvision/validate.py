@@ -27,6 +27,7 @@ from synthvision.formats.masks import (
     mask_to_polygons,
     polygon_xyxy,
     polygons_area,
+    polygons_to_xywh,
     rle_area,
     rle_to_xywh,
 )
@@ -423,6 +424,10 @@ def _check_coco_annotation(
         p.add("coco-bbox", f"{where}: bbox {bbox} has width or height <= 0")
     elif x < -BOX_TOL_PX or y < -BOX_TOL_PX or x + bw > w + BOX_TOL_PX or y + bh > h + BOX_TOL_PX:
         p.add("coco-bbox-bounds", f"{where}: bbox {bbox} extends outside the {w}x{h} (WxH) image")
+    if "segmentation" not in ann:
+        # pycocotools' annToMask/COCOeval("segm") raise KeyError, and torchvision's v2 wrapper
+        # silently skips the mask, so boxes and masks no longer line up.
+        p.add("coco-segmentation", f"{where}: no `segmentation` key (write [] for no mask)")
     seg = ann.get("segmentation", [])
     _check_segmentation(seg, where, (h, w), (x, y, bw, bh), area, p)
     result.images[names_of[iid]][1].append(_Ann(cat_ids[cid], (x, y, x + bw, y + bh), seg))
@@ -458,6 +463,13 @@ def _check_segmentation(
             or ext[3] > y + bh + BOX_TOL_PX
         ):
             p.add("coco-segmentation", f"{where}: polygons reach outside the bbox {list(xywh)}")
+        else:
+            tight = polygons_to_xywh(seg, size_hw)
+            if any(abs(a - b) > BOX_TOL_PX for a, b in zip(tight, xywh, strict=True)):
+                p.add(
+                    "coco-bbox-mask",
+                    f"{where}: bbox {list(xywh)} is not its polygons' tight box {tight}",
+                )
         pixels = polygons_area(seg, size_hw)
         if _is_num(area) and abs(float(area) - pixels) > 0.5:
             p.add(
@@ -572,6 +584,18 @@ def _check_data_yaml(yolo_dir: Path, p: _Problems) -> tuple[list[str] | None, li
                 f"yolo/{DATA_YAML}: `{key}: {value}` holds no images (Ultralytics stops with "
                 '"No images found"; point it at a split that has images)',
             )
+    for key in ("train", "val"):
+        own = yolo_dir / "images" / key
+        if (
+            own.is_dir()
+            and _has_images(own)
+            and doc.get(key) not in (f"images/{key}", f"./images/{key}")
+        ):
+            p.add(
+                "yolo-yaml",
+                f"yolo/{DATA_YAML}: `{key}: {doc.get(key)}` but images/{key} holds the {key} "
+                "images (splits swapped or mislabeled)",
+            )
     for s in splits:
         if s not in referenced and _has_images(yolo_dir / "images" / s):
             p.add("yolo-yaml", f"yolo/images/{s} is not listed in yolo/{DATA_YAML}")
@@ -685,6 +709,9 @@ def _check_label_file(
             kinds.add(False)
         elif len(tokens) >= 7 and len(tokens) % 2 == 1:
             xs, ys = vals[0::2], vals[1::2]
+            if max(xs) <= min(xs) or max(ys) <= min(ys):
+                p.add("yolo-rows", f"{where}: polygon has zero width or height (a degenerate box)")
+                return None
             xyxy = (min(xs) * w, min(ys) * h, max(xs) * w, max(ys) * h)
             rows.append(_Row(cid, xyxy, polygon=True))
             kinds.add(True)

@@ -44,6 +44,13 @@ def _font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _drawable(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> str:
+    """`text` as the font can draw it: Pillow's bitmap fallback font only encodes Latin-1."""
+    if isinstance(font, ImageFont.FreeTypeFont):
+        return text
+    return text.replace("\u2026", "...").encode("latin-1", "replace").decode("latin-1")
+
+
 def _text_wh(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> tuple[int, int]:
     x0, y0, x1, y1 = font.getbbox(text)
     return math.ceil(x1 - min(x0, 0)), math.ceil(y1 - min(y0, 0))
@@ -85,6 +92,7 @@ def draw_instances(
         draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=colour, width=line_px)
         cid_int = int(cid)
         label = class_names[cid_int] if 0 <= cid_int < len(class_names) else str(cid_int)
+        label = _drawable(font, label)
         tw, th = _text_wh(font, label)
         # Label above the box, or inside its top edge when the box touches the image top.
         ty = y1 - th - 3 if y1 - th - 3 >= 0 else y1
@@ -163,10 +171,14 @@ def preview_grid(
         img = _tile_image(tile, tile_px)
         grid.paste(img, (x0 + (tile_px - img.width) // 2, y0 + (tile_px - img.height) // 2))
         if captions is not None:
-            text = captions[i]
+            text = _drawable(font, captions[i])
             # Trim long captions so they stay inside their cell.
-            while text and _text_wh(font, text)[0] > tile_px - 4:
-                text = text[:-2] + "…" if len(text) > 2 else ""
+            if _text_wh(font, text)[0] > tile_px - 4:
+                ellipsis = _drawable(font, "…")
+                body = text
+                while body and _text_wh(font, body + ellipsis)[0] > tile_px - 4:
+                    body = body[:-1]
+                text = body + ellipsis if body else ""
             draw.text((x0 + 2, y0 + tile_px + 3), text, fill=(230, 230, 230), font=font)
     return grid
 

@@ -89,6 +89,12 @@ def polygons_area(polygons: Sequence[Sequence[float]], size_hw: tuple[int, int])
     return 0 if rle is None else int(mask_utils.area(rle))
 
 
+def polygons_to_xywh(polygons: Sequence[Sequence[float]], size_hw: tuple[int, int]) -> list[float]:
+    """Tight [x, y, w, h] box of the pixels the polygons cover (pycocotools), zeros if none."""
+    rle = _union_rle(polygons, size_hw)
+    return [0.0] * 4 if rle is None else [float(v) for v in mask_utils.toBbox(rle)]
+
+
 def _union_rle(polygons: Sequence[Sequence[float]], size_hw: tuple[int, int]) -> Any:
     """pycocotools RLE of the union of the polygons' parts (>= 6 numbers each); None if none."""
     h, w = size_hw
