@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +28,31 @@ def test_torch_dataset_matches_the_export(tmp_path: Path) -> None:
     assert len(images) == len(targets) == 2
     with pytest.raises(SpecError, match=r"instances_nope\.json"):
         SynthDetection(tmp_path / "ds", "nope")
+
+
+@pytest.mark.parametrize("coco_masks", ["rle", "polygon"])
+@pytest.mark.parametrize("with_masks", [False, True])
+def test_target_area_is_the_annotation_area(
+    tmp_path: Path, coco_masks: str, with_masks: bool
+) -> None:
+    out = tmp_path / "ds"
+    spec = small_spec(num_images=6, export={"coco_masks": coco_masks, "preview_images": 0})
+    build(spec, out, show_progress=False)
+    checked, differs_from_box = 0, False
+    for split in ("train", "val"):
+        data = json.loads((out / "coco" / "annotations" / f"instances_{split}.json").read_text())
+        ds = SynthDetection(out, split, with_masks=with_masks)
+        for i in range(len(ds)):
+            _, target = ds[i]
+            anns = [a for a in data["annotations"] if a["image_id"] == target["image_id"]]
+            want = torch.tensor([float(a["area"]) for a in anns], dtype=torch.float32)
+            assert target["area"].dtype == torch.float32
+            assert target["area"].shape == (len(anns),)
+            assert torch.equal(target["area"], want)
+            assert ("masks" in target) == with_masks
+            boxes = target["boxes"]
+            box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            differs_from_box |= bool((box_area - want).abs().gt(1).any())
+            checked += len(anns)
+    assert checked > 0
+    assert differs_from_box, "mask areas should differ from box areas for these shapes"

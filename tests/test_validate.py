@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from synthvision.boxes import masks_to_xyxy
+from synthvision.build import build as build_dataset
 from synthvision.errors import SpecError
 from synthvision.formats.coco import CocoWriter
 from synthvision.formats.images import IMAGE_SUFFIX, encode_image, write_bytes_atomic
@@ -23,6 +24,8 @@ from synthvision.formats.records import instance_records
 from synthvision.formats.yolo import write_data_yaml, yolo_label_text
 from synthvision.structures import ClassMap, Instances, Sample
 from synthvision.validate import validate_dataset
+
+from .helpers import small_spec
 
 CLASSES = ClassMap(("cat", "dog", "cone"))
 SIZE_HW = (48, 64)
@@ -277,3 +280,71 @@ def test_problems_are_capped(build: Path) -> None:
     bbox_lines = [p for p in problems if "tight box" in p]
     assert len(bbox_lines) == 3
     assert f"... and {n - 3} more coco-bbox-mask problems" in problems
+
+
+def test_annotation_without_segmentation_key(build: Path) -> None:
+    def drop(data: dict) -> None:  # type: ignore[type-arg]
+        del data["annotations"][0]["segmentation"]
+
+    _edit_json(_coco(build), drop)
+    aid = json.loads(_coco(build).read_text())["annotations"][0]["id"]
+    problems = validate_dataset(build)
+    assert _has(problems, f"annotation {aid}:", "no `segmentation` key")
+
+
+def test_loose_bbox_of_polygon_annotation(tmp_path: Path) -> None:
+    out = tmp_path / "poly"
+    spec = small_spec(num_images=6, export={"coco_masks": "polygon", "preview_images": 0})
+    build_dataset(spec, out, show_progress=False)
+    assert validate_dataset(out) == []  # an undamaged polygon build is clean
+    grown: list[int] = []
+
+    def grow(data: dict) -> None:  # type: ignore[type-arg]
+        h, w = spec.image_size
+        for a in data["annotations"]:
+            x, y, bw, bh = a["bbox"]
+            if a["segmentation"] and x >= 5 and y >= 5 and x + bw + 5 <= w and y + bh + 5 <= h:
+                a["bbox"] = [x - 5, y - 5, bw + 10, bh + 10]  # still inside the image
+                grown.append(a["id"])
+                return
+
+    _edit_json(_coco(out), grow)
+    assert grown, "no polygon annotation with room to grow its bbox"
+    problems = validate_dataset(out)
+    assert _has(problems, f"annotation {grown[0]}:", "is not its polygons' tight box")
+    assert not _has(problems, "extends outside")
+
+
+def test_degenerate_yolo_polygon_row(tmp_path: Path) -> None:
+    samples = _samples(4, seed=2)
+    out = write_build(tmp_path / "o", {"train": samples[:3], "val": samples[3:]}, "rle", "segment")
+    label = out / "yolo" / "labels" / "train" / "000000001.txt"
+    assert label.read_text().strip()
+    # zero width: every x is 0.5; zero height: every y is 0.25
+    label.write_text("0 0.5 0.1 0.5 0.2 0.5 0.3\n")
+    problems = validate_dataset(out)
+    assert _has(problems, "labels/train/000000001.txt:1", "zero width or height")
+    label.write_text("0 0.1 0.25 0.2 0.25 0.3 0.25\n")
+    problems = validate_dataset(out)
+    assert _has(problems, "labels/train/000000001.txt:1", "zero width or height")
+
+
+def test_data_yaml_train_val_swapped(build: Path) -> None:
+    data_yaml = build / "yolo" / "data.yaml"
+    doc = yaml.safe_load(data_yaml.read_text())
+    assert (doc["train"], doc["val"]) == ("images/train", "images/val")
+    doc["train"], doc["val"] = doc["val"], doc["train"]
+    data_yaml.write_text(yaml.safe_dump(doc))
+    problems = validate_dataset(build)
+    assert _has(problems, "`train: images/val`", "splits swapped")
+    assert _has(problems, "`val: images/train`", "splits swapped")
+
+
+def test_data_yaml_val_falling_back_to_train_is_clean(tmp_path: Path) -> None:
+    out = tmp_path / "noval"
+    spec = small_spec(num_images=2, splits={"train": 0.9, "val": 0.1})
+    build_dataset(spec, out, show_progress=False)
+    assert not any((out / "yolo" / "images" / "val").iterdir())  # val has no images
+    doc = yaml.safe_load((out / "yolo" / "data.yaml").read_text())
+    assert doc["val"] == "images/train"
+    assert validate_dataset(out) == []

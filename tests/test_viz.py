@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 
+import synthvision.preview
+import synthvision.viz
+from synthvision.build import build
+from synthvision.preview import preview_dataset
 from synthvision.structures import Instances
 from synthvision.viz import GRID_GAP_PX, class_colour, draw_instances, preview_grid, save_preview
+
+from .helpers import small_spec
 
 
 def _image(h: int = 96, w: int = 128) -> np.ndarray:
@@ -83,3 +92,89 @@ def test_save_preview_writes_png_atomically(tmp_path) -> None:
         assert im.format == "PNG"
         assert im.width == 2 * 32 + 3 * GRID_GAP_PX
     assert sorted(p.name for p in path.parent.iterdir()) == ["preview.png"]
+
+
+def _bitmap_font() -> ImageFont.ImageFont:
+    """Pillow's Latin-1-only bitmap font, which `_font` falls back to without FreeType."""
+    if hasattr(ImageFont, "load_default_imagefont"):
+        return ImageFont.load_default_imagefont()
+    font = ImageFont.load_default()
+    assert isinstance(font, ImageFont.ImageFont), "this Pillow's default font is FreeType"
+    return font
+
+
+@pytest.fixture
+def bitmap_font(monkeypatch: pytest.MonkeyPatch) -> ImageFont.ImageFont:
+    font = _bitmap_font()
+    assert not isinstance(font, ImageFont.FreeTypeFont)
+    monkeypatch.setattr(synthvision.viz, "_font", lambda size_px: font)
+    return font
+
+
+def test_bitmap_font_draws_non_latin1_class_names(bitmap_font: ImageFont.ImageFont) -> None:
+    img = _image()
+    inst = Instances(xyxy=[[10, 20, 60, 70], [70, 30, 120, 90]], class_id=[0, 1])
+    out = draw_instances(img, inst, ["\u2192 left", "\u732b"])
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (out[45, 10] != 60).any(), "box outline drawn"
+
+
+def test_bitmap_font_trims_long_captions(bitmap_font: ImageFont.ImageFont) -> None:
+    tiles = [_image() for _ in range(3)]
+    captions = [
+        "train/000000001.jpg (3) " + "x" * 200,
+        "\u732b\u2192" * 40,  # nothing Latin-1 in it
+        "val/\u2026" + "y" * 100 + "\u2026",
+    ]
+    result: dict[str, Image.Image | BaseException] = {}
+
+    def run() -> None:
+        try:
+            result["grid"] = preview_grid(tiles, cols=3, tile_px=40, captions=captions)
+        except BaseException as exc:  # re-raised below, in the test's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "caption trimming did not terminate"
+    if "error" in result:
+        raise result["error"]
+    grid = result["grid"]
+    assert isinstance(grid, Image.Image)
+    plain = preview_grid(tiles, cols=3, tile_px=40)
+    assert grid.mode == "RGB"
+    assert grid.width == plain.width == 3 * 40 + 4 * GRID_GAP_PX
+    assert grid.height > plain.height
+    # Trimmed captions stay inside their cells: the gaps between cells, beside the captions,
+    # are the grid background.
+    band = np.asarray(grid)[GRID_GAP_PX + 40 :]
+    for col in (1, 2):
+        gap_x = col * (40 + GRID_GAP_PX)
+        assert (band[:, gap_x : gap_x + GRID_GAP_PX] == 24).all()
+
+
+def test_preview_of_yolo_only_build_skips_label_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "ds"
+    spec = small_spec(num_images=4, export={"formats": ["yolo"], "preview_images": 0})
+    build(spec, out, show_progress=False)
+    assert not (out / "coco").exists()
+    (out / "yolo" / "labels" / "train.cache").touch()  # as Ultralytics leaves it
+    (out / "yolo" / "labels" / "val.cache").touch()
+    seen: list[list[str]] = []
+    real_save = synthvision.preview.save_preview
+
+    def spy(path, tiles, captions=None, **kw):  # type: ignore[no-untyped-def]
+        seen.append(list(captions))
+        return real_save(path, tiles, captions=captions, **kw)
+
+    monkeypatch.setattr(synthvision.preview, "save_preview", spy)
+    path = preview_dataset(out, tmp_path / "p.png", num=16)
+    assert path == tmp_path / "p.png" and path.stat().st_size > 0
+    images = sorted(
+        f"{d.name}/{f.name}" for d in (out / "yolo" / "images").iterdir() for f in d.iterdir()
+    )
+    assert len(images) == 4
+    assert sorted(c.split(" ")[0] for c in seen[0]) == images
