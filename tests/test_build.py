@@ -356,3 +356,91 @@ def test_rejected_samples_are_counted_and_never_labeled(tmp_path: Path) -> None:
     assert validate_dataset(tmp_path / "ds") == []
     again = build(spec, tmp_path / "ds", show_progress=False)
     assert again.already_complete
+
+
+def test_the_folder_is_looked_at_again_under_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run B saw an empty folder; before it took the lock, run A (another spec) built into it
+    and ended. Deciding on the stale look, B marked A's dataset as its own and wrote into it."""
+    from synthvision import outdir
+
+    out = tmp_path / "ds"
+    spec_a, spec_b = small_spec(num_images=3), small_spec(num_images=3, seed=99)
+    real_lock = outdir._lock
+    a_done: dict[str, Any] = {}
+
+    def a_finishes_first(folder: Path, option: str) -> None:
+        if not a_done:  # B's lock: A runs to the end just before it (A's own lock is real)
+            a_done["started"] = True
+            a_done["result"] = build(spec_a, folder, show_progress=False)
+            a_done["files"] = {
+                str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+            }
+        real_lock(folder, option)
+
+    monkeypatch.setattr(outdir, "_lock", a_finishes_first)
+    with pytest.raises(OutputDirError, match="holds a build of a different spec"):
+        build(spec_b, out, show_progress=False)
+    assert a_done["result"].generated == 3 and a_done["files"]
+    after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == a_done["files"]  # A's dataset, marker and manifest untouched
+    assert json.loads((out / ".synthvision.json").read_text()) == {
+        "spec_fingerprint": spec_a.fingerprint()
+    }
+    assert not (out / ".synthvision.lock").exists()  # B let go of the lock it took
+    monkeypatch.undo()
+    assert build(spec_a, out, show_progress=False).already_complete
+    assert validate_dataset(out) == []
+
+
+def test_resume_cuts_a_partial_record_line_reading_only_the_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed writer leaves at most one partial last line, which the next writer cuts. The
+    file holds every record of its rank (gigabytes for big builds): only its end is read."""
+    from synthvision import shards
+
+    records = shards.shard_dir(tmp_path, 0) / shards.RECORDS_FILE
+    records.parent.mkdir(parents=True)
+    read: list[int] = []
+
+    class CountingFile:
+        def __init__(self, f: Any) -> None:
+            self._f = f
+
+        def __enter__(self) -> CountingFile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._f.close()
+
+        def read(self, *args: Any) -> bytes:
+            data: bytes = self._f.read(*args)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._f, name)
+
+    monkeypatch.setattr(shards, "open", lambda *a, **k: CountingFile(open(*a, **k)), raising=False)
+
+    def after_writer_opens(content: bytes) -> bytes:
+        records.write_bytes(content)
+        shards.ShardWriter(tmp_path, 0).close()
+        return records.read_bytes()
+
+    line = b'{"index":1,"file":"images/000000001.jpg","split":"train"}\n'
+    assert after_writer_opens(b"") == b""
+    assert after_writer_opens(line * 3) == line * 3  # complete: untouched
+    assert after_writer_opens(line * 3 + line[:20]) == line * 3
+    assert after_writer_opens(line[:-1]) == b""  # no complete line at all
+    assert after_writer_opens(b"x" * 200_000) == b""  # ... however long
+    # A partial tail longer than one 64 KiB step back: cut at the last newline all the same.
+    assert after_writer_opens(line * 3 + b"y" * 100_000) == line * 3
+    assert after_writer_opens(b"\n" + b"z" * 70_000) == b"\n"
+    # A big file: the cut reads the 100 kB tail (in steps), not the 5 MB of records before it.
+    big = line * (5_000_000 // len(line))
+    read.clear()
+    assert after_writer_opens(big + b"w" * 100_000) == big
+    assert 100_000 <= sum(read) <= 256 * 1024, read

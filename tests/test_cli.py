@@ -167,3 +167,59 @@ def test_no_progress_also_hides_the_model_loading_bars(tmp_path: Path) -> None:
     assert shown.returncode == 0 and quiet.returncode == 0, shown.stderr + quiet.stderr
     assert "Loading pipeline components" in shown.stderr  # the bars this test looks for
     assert "Loading" not in quiet.stderr and quiet.stderr.strip() == ""
+
+
+LAUNCHER_RANKS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+
+@pytest.mark.parametrize(
+    ("env", "printed"),
+    [
+        ({"RANK": "1"}, False),
+        ({"OMPI_COMM_WORLD_RANK": "3"}, False),
+        ({"RANK": "0"}, True),
+        ({}, True),
+    ],
+    ids=["rank 1", "mpirun rank 3", "rank 0", "no launcher"],
+)
+def test_under_a_launcher_a_bad_spec_is_reported_by_rank_0_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], printed: bool
+) -> None:
+    """Every rank of `torchrun`/`accelerate launch` reads the same bad spec: one `error:` line
+    (rank 0's), not one per process; the other ranks exit with the same code, silently."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from synthvision.cli import app
+
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # a rank > 0 waits for rank 0 to print
+    spec = write_spec(tmp_path, {**GOOD, "num_images": 0})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["build", str(spec), "--out", str(out), "--no-progress"],
+        env={**dict.fromkeys(LAUNCHER_RANKS), **env},  # None: unset
+    )
+    assert result.exit_code == 2, result.output
+    if printed:
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "num_images" in lines[0]
+    else:
+        assert result.output == ""
+    assert not out.exists()
+
+
+def test_a_spec_path_that_is_a_folder_says_so(tmp_path: Path) -> None:
+    """Not "does not exist" for a folder that plainly exists (e.g. `build configs/`)."""
+    from typer.testing import CliRunner
+
+    from synthvision.cli import app
+
+    result = CliRunner().invoke(app, ["build", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: spec file {str(tmp_path)!r} is a folder (give the path to a YAML spec)\n"
+    )
+    assert not (tmp_path / "out").exists()

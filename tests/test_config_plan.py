@@ -1,5 +1,6 @@
 import hashlib
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -227,3 +228,76 @@ def test_weights_shape_the_class_mix() -> None:
     s = spec(num_images=400, classes=[{"name": "a", "weight": 1}, {"name": "b", "weight": 0.1}])
     counts = Counter(c for job in make_plan(s) for c in job.class_ids)
     assert 0.05 < counts[1] / (counts[0] + counts[1]) < 0.15
+
+
+def test_fingerprint_tells_split_orders_apart_and_keeps_sorted_ones() -> None:
+    """sort_keys forgot the order of `splits`, yet the plan uses it: two specs building other
+    datasets shared a fingerprint, so one resumed (or reported complete) the other's build."""
+    val_first = spec(splits={"val": 0.5, "train": 0.5})
+    train_first = spec(splits={"train": 0.5, "val": 0.5})
+    plans = [[j.split for j in make_plan(s)] for s in (val_first, train_first)]
+    assert plans[0] != plans[1] and plans[0][0] == "val" and plans[1][0] == "train"
+    assert val_first.fingerprint() != train_first.fingerprint()
+    # Sorted orders keep the fingerprints earlier versions gave (their build folders resume):
+    # values computed with synthvision before the split order counted.
+    old_train_first = "663c188d64e0e62542a1e0e3c4a9ad8e64452ca8ba9bd274ef2bc45c3730fdf1"
+    old_default = "6227beed2a4ddcdb318e99d82196debf7237c1f96af867135ed856ad209de99b"
+    assert train_first.fingerprint() == old_train_first
+    assert spec().fingerprint() == old_default  # splits {train: 0.9, val: 0.1}
+
+
+@pytest.mark.parametrize(
+    "name", ["names", "nc", "path", "download", "yaml_file", "channels", "kpt_shape", "flip_idx"]
+)
+def test_data_yaml_keys_are_refused_as_split_names(name: str) -> None:
+    """data.yaml lists each split by name: a split called `names` or `nc` would replace them."""
+    with pytest.raises(SpecError) as info:
+        spec(splits={"train": 0.8, name: 0.2})
+    message = str(info.value)
+    assert f"splits: split name {name!r} is a key of YOLO's data.yaml" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "splits", [{"train": True}, {"train": 0.5, "val": True}, {"train": 1.0, "val": False}]
+)
+def test_booleans_in_splits_are_refused(splits: dict) -> None:
+    """pydantic's lax mode read `splits: {train: true}` as {train: 1.0}, a valid spec."""
+    with pytest.raises(SpecError, match="splits: expected a number, not the boolean"):
+        spec(splits=splits)
+
+
+def test_set_descends_into_keys_the_spec_file_leaves_out(tmp_path: Path) -> None:
+    """`--set a.b.0=x` on a key the file does not give starts from the field's default, instead
+    of a mapping `{"0": x}` (or a component without its `name`) that the spec then refused."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: t\nnum_images: 4\nclasses: [{name: disc}]\n")  # no layout/background
+    base = load_spec(path)
+    s = load_spec(path, ["layout.scale.0=0.05"])
+    assert s.layout.scale == (0.05, 0.4)  # the default's other end
+    assert s.layout.model_dump() == {**base.layout.model_dump(), "scale": (0.05, 0.4)}
+    s = load_spec(path, ["background.params.kinds=[solid]"])
+    assert s.background.name == base.background.name == "procedural"
+    assert s.background.params == {"kinds": ["solid"]}
+    assert load_spec(path, ["objects.params.outline_prob=0.5"]).objects.params == {
+        "outline_prob": 0.5
+    }
+    assert load_spec(path, ["export.formats.1=coco"]).export.formats == ["coco"]
+    # An override equal to the default is the same spec: same fingerprint, same build folder.
+    for same in (["export.formats.0=coco"], ["layout.scale.0=0.12"], ["layout.aspect.1=1.333"]):
+        assert load_spec(path, same).fingerprint() == base.fingerprint(), same
+
+
+def test_an_alias_bomb_of_long_text_is_refused_quickly(tmp_path: Path) -> None:
+    """Few values but 70 million characters once expanded (1,000 aliases of a 70 kB string):
+    copying or serialising the spec would take gigabytes, so it is measured and refused."""
+    path = tmp_path / "spec.yaml"
+    path.write_text('x: &s "' + "a" * 70_000 + '"\ny: [' + ", ".join(["*s"] * 1000) + "]\n")
+    start = time.perf_counter()
+    with pytest.raises(SpecError, match="more than 64,000,000 characters"):
+        load_spec(path)
+    assert time.perf_counter() - start < 5
+    # the same text a few times over is a (bad, but ordinary) spec: no size complaint
+    path.write_text('x: &s "' + "a" * 70_000 + '"\ny: [*s, *s]\n')
+    with pytest.raises(SpecError, match="x: unknown key"):
+        load_spec(path)
