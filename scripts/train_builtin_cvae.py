@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     args = ap.parse_args(argv)
+    if args.ship and args.output is not None:
+        ap.error("give --ship (the shipped checkpoint) or --output DIR, not both")
 
     if args.device.startswith("cuda"):
         # deterministic cuBLAS/cuDNN: the same command on the same GPU gives the same weights
@@ -89,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ship:
         args.output = SHIPPED
     if args.output is None:  # a trial run never replaces the checkpoint every build uses
-        print(f"checkpoint in {args.work}; pass --ship to replace the shipped one")
+        print(
+            f"checkpoint in {args.work}; re-run with --ship to replace the shipped one (it resumes "
+            "the finished run: no training again)"
+        )
         return 0
     args.output.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED_FILES:
