@@ -96,17 +96,6 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _launch_rank() -> int | None:
-    """This process's global rank as a launcher set it (torchrun, accelerate, mpirun), or None."""
-    import os
-
-    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
-        value = os.environ.get(key, "")
-        if value.isdigit():
-            return int(value)
-    return None
-
-
 @app.command()
 @user_errors
 def build(
@@ -134,7 +123,7 @@ def build(
     """Build a dataset from SPEC. Re-running the same command resumes an interrupted build."""
     from synthvision.build import build as run_build
     from synthvision.config import load_spec
-    from synthvision.distributed import RankFailedError, process_context, shutdown
+    from synthvision.distributed import RankFailedError, launch_rank, process_context, shutdown
     from synthvision.hub import hide_loading_bars
 
     try:
@@ -142,7 +131,7 @@ def build(
     except SpecError:
         # Every rank of a launch reads the same spec: the rank-0 process alone says what is
         # wrong (README: "a bad spec is reported once"), the others exit with the same code.
-        if _launch_rank() not in (None, 0):
+        if launch_rank() not in (None, 0):
             import time
 
             time.sleep(3)  # the launcher stops every rank once one exits: let rank 0 print first

@@ -150,6 +150,16 @@ def _env_int(keys: tuple[str, ...]) -> int | None:
     return None
 
 
+def launch_rank() -> int | None:
+    """This process's global rank as a launcher set it (torchrun, accelerate, mpirun), or None
+    when no launcher did (a value that is not an integer counts as none: this is a hint)."""
+    for key in _RANK_KEYS:
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
 def current_device() -> str | None:
     """The device pinned for this process's models (`SYNTHVISION_DEVICE`), or None.
 

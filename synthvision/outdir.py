@@ -14,9 +14,11 @@ import re
 from pathlib import Path
 
 from synthvision.errors import OutputDirError
+from synthvision.folder_lock import LOCK as LOCK  # re-exported
+from synthvision.folder_lock import lock_folder as _lock
+from synthvision.folder_lock import release_folder as release_output_dir
 
 MARKER = ".synthvision.json"
-LOCK = ".synthvision.lock"  # flock'ed while a run writes; the OS releases it if the run dies
 MANIFEST = "manifest.json"
 PROVENANCE = "provenance.jsonl"  # `synthvision augment`: where each output image came from
 # Top-level names a build or `synthvision augment` writes. A folder among them (shards/, coco/,
@@ -209,57 +211,3 @@ def _state(
             f"another {option}, or pass --overwrite to replace that build"
         )
     return False, True, False
-
-
-_HELD_LOCKS: dict[Path, int] = {}  # output folder -> fd holding its flock, in this process
-
-
-def _lock(out_dir: Path, option: str) -> None:
-    """Hold an exclusive lock on `out_dir` until `release_output_dir`.
-
-    The same command started twice, or two launches into one folder, would make every image
-    twice and append to the same shard files; the second is refused instead. flock is dropped
-    by the OS when its process ends, even by SIGKILL, so a lock never outlives its run.
-    Re-entrant within a process; a no-op where flock does not exist.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        return
-    key = out_dir.resolve()
-    if key in _HELD_LOCKS:
-        return
-    path = out_dir / LOCK
-    for _ in range(3):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputDirError(
-                f"another synthvision run is writing to {str(out_dir)!r}; wait for it to end "
-                f"(re-running then resumes), or choose another {option}"
-            ) from None
-        except OSError:  # a filesystem without flock: run unlocked, as before
-            os.close(fd)
-            return
-        try:
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                _HELD_LOCKS[key] = fd
-                return
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # the run that held it removed the file meanwhile: lock the new one
-
-
-def release_output_dir(out_dir: Path) -> None:
-    """Release the lock `prepare_output_dir` took (no-op if this process holds none)."""
-    fd = _HELD_LOCKS.pop(out_dir.resolve(), None)
-    if fd is None:
-        return
-    try:
-        (out_dir / LOCK).unlink(missing_ok=True)  # unlinked while still held: see `_lock`
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

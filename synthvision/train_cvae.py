@@ -46,6 +46,7 @@ from synthvision.crops import (
     squares,
 )
 from synthvision.errors import SpecError
+from synthvision.folder_lock import LOCK, lock_folder, release_folder
 
 if TYPE_CHECKING:
     import torch
@@ -223,7 +224,7 @@ def _epoch_order(
 
 def _refuse_foreign_output(out: Path) -> None:
     """Train only into a new or empty folder, or one an earlier train-cvae run wrote."""
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(p.name != LOCK for p in out.iterdir()):
         return
     if (out / "training.json").is_file() or (out / CHECKPOINT_SUBDIR).is_dir():
         return
@@ -322,12 +323,46 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train on in-memory squares `data` (N, R, R, 4) uint8 with `class_ids` (N,)."""
+    """Train on in-memory squares `data` (N, R, R, 4) uint8 with `class_ids` (N,).
+
+    The output folder is locked while the run writes (rank 0 of a launch holds the lock): the
+    same command started twice would otherwise interleave two runs' checkpoints.
+    """
+    out = Path(output_dir)
+    config.validate()
+    accelerator = _make_accelerator(config)
+    locks = accelerator.is_main_process  # the process that writes the folder
+    if locks:
+        _refuse_foreign_output(out)  # before the lock file makes the folder non-empty
+        out.mkdir(parents=True, exist_ok=True)
+        lock_folder(out, "--output")
+    try:
+        return _fit(
+            data, class_ids, class_names, out, config, accelerator,
+            meta=meta, resume=resume, progress=progress, log=log,
+        )  # fmt: skip
+    finally:
+        if locks:
+            release_folder(out)
+
+
+def _fit(
+    data: npt.NDArray[np.uint8],
+    class_ids: npt.NDArray[np.int64],
+    class_names: Sequence[str],
+    output_dir: str | Path,
+    config: TrainConfig,
+    accelerator: Any,
+    *,
+    meta: dict[str, Any] | None,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None] | None,
+) -> TrainResult:
     import torch
 
     from synthvision.models.cvae import ConditionalVAE, cvae_loss, kl_beta
 
-    config.validate()
     out = Path(output_dir)
     n = len(data)
     if data.ndim != 4 or data.shape[1:] != (config.resolution, config.resolution, 4):
@@ -338,7 +373,6 @@ def fit(
         raise ValueError(f"class_ids must have shape ({n},), got {class_ids.shape}")
     meta = dict(meta or {})
     meta.setdefault("fingerprint", _array_fingerprint(data, class_ids))
-    accelerator = _make_accelerator(config)
     say = log if log is not None and accelerator.is_main_process else (lambda s: None)
     world, rank = accelerator.num_processes, accelerator.process_index
     if n < world:

@@ -324,3 +324,39 @@ def test_cli_train_cvae_procedural_and_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--classes: 'disc' given more than once" in res.output
     res = runner.invoke(app, ["train-cvae", str(tmp_path / "missing"), "-o", str(out)])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path: Path) -> None:
+    """Two train-cvae runs into one folder would interleave their checkpoints."""
+    import signal
+    import subprocess
+    import sys
+
+    from synthvision.errors import OutputDirError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path\n"
+            "from synthvision.folder_lock import lock_folder\n"
+            "lock_folder(Path(sys.argv[1]), '--output')\n"
+            "print('locked', flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    data = np.random.default_rng(0).integers(0, 256, size=(6, 16, 16, 4), dtype=np.uint8)
+    ids, cfg = np.arange(6) % 2, TrainConfig(epochs=1, **TINY)  # type: ignore[arg-type]
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputDirError, match=r"another synthvision run is writing.*--output"):
+            fit(data, ids, ["a", "b"], out, cfg, progress=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    fit(data, ids, ["a", "b"], out, cfg, progress=False)  # the lock file alone is no foreign file
+    assert (out / "training.json").is_file() and not (out / ".synthvision.lock").exists()
