@@ -17,10 +17,13 @@ is the dataset `synthvision build` writes for the same spec: the same items, lab
 adds its compression). Epoch `e > 0` is the dataset of the seed derived from (spec seed, e): new
 images, the same splits, class targets and augmentation, as reproducible as epoch 0.
 
-Sharding: the generated images of the split are dealt round-robin to every DataLoader worker of
-every rank (`torch.distributed` when it is initialised, or `rank`/`world_size` given), so each
-item is yielded exactly once per epoch whatever the number of workers and ranks. Generation is
-batched (`batch_size` images per generator call) inside each worker.
+Sharding: the generated images of the split are dealt round-robin to the ranks
+(`torch.distributed` when it is initialised, or `rank`/`world_size` given), and each rank's to
+its DataLoader workers, so each item is yielded at most once per epoch whatever the number of
+workers and ranks: exactly once with one rank, or with `even=False`. With `even` (the default)
+every rank yields the same number of items, as DDP needs: the last `images % world_size`
+generated images of the split are left out. Generation is batched (`batch_size`
+images per generator call) inside each worker.
 
 GPU generators (diffusion) belong in the main process (`num_workers=0`): CUDA cannot start in a
 forked worker. `set_epoch` reaches persistent workers too: the epoch lives in shared memory.
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -60,12 +64,26 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return randomness.derive_seed(seed, randomness.GLOBAL_INDEX, f"stream.epoch.{epoch}")
 
 
+def _whole(value: Any, name: str) -> int:
+    """`value` as an int (ints and numpy ints); SpecError for anything else (2.5, "8", True)."""
+    import operator
+
+    if isinstance(value, bool):
+        raise SpecError(f"{name} must be a whole number (got {value!r})")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise SpecError(f"{name} must be a whole number (got {value!r})") from None
+
+
 class SynthStream(IterableDataset):  # type: ignore[type-arg]
     """The items of one split (or all: `split=None`) of a spec, generated while iterating.
 
     `spec`: a `Spec` or the path of a spec file (with `overrides`, as `--set key=value`).
     `batch_size`: images per generator call. `with_masks`: as in `SynthDetection`.
     `rank`, `world_size`: this process's share; default: `torch.distributed`'s, else 0 and 1.
+    `even`: every rank yields the same number of items (DDP steps in lockstep), so the last
+    `images % world_size` generated images of the split are left out; `even=False` yields all.
     """
 
     def __init__(
@@ -79,7 +97,14 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         epoch: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        even: bool = True,
     ) -> None:
+        if isinstance(overrides, str):
+            raise SpecError(f"overrides is a list of KEY=VALUE strings: give [{overrides!r}]")
+        batch_size = _whole(batch_size, "batch_size")
+        epoch = _whole(epoch, "epoch")
+        rank = None if rank is None else _whole(rank, "rank")
+        world_size = None if world_size is None else _whole(world_size, "world_size")
         if not isinstance(spec, Spec):
             spec = load_spec(spec, list(overrides))
         elif overrides:
@@ -101,6 +126,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         self.split = split
         self.batch_size = batch_size
         self.with_masks = with_masks
+        self.even = even
         self.classes = list(spec.class_names)
         self._rank_world = None if rank is None else (int(rank), int(world_size or 1))
         self._k = variants_per_image(spec)
@@ -121,6 +147,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch 0 is the spec's dataset; each other epoch is a new, reproducible one."""
+        epoch = _whole(epoch, "epoch")
         if epoch < 0:
             raise SpecError(f"epoch must be >= 0 (got {epoch})")
         self._epoch.fill_(int(epoch))
@@ -138,24 +165,29 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def _share(self) -> tuple[int, int]:
-        """(this worker's share, number of shares) over ranks x DataLoader workers."""
+    def _rank_images(self) -> npt.NDArray[np.int64]:
+        """This rank's generated images: every `world`-th from `rank`; with `even`, cut to the
+        same number on every rank (DDP needs the same number of steps on each)."""
         rank, world = self._rank_and_world()
+        mine = self._images[rank::world]
+        return mine[: len(self._images) // world] if self.even else mine
+
+    def _mine(self) -> list[int]:
+        """The generated images of this DataLoader worker: this rank's, dealt round-robin to
+        its workers."""
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        return rank * workers + worker, world * workers
+        return self._rank_images()[worker::workers].tolist()  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
         """Items this rank yields per epoch (all its DataLoader workers together).
 
         At most: an image a filter rejects after its retries (diffusion) yields nothing.
         """
-        rank, world = self._rank_and_world()
-        return len(self._images[rank::world]) * self._k
+        return len(self._rank_images()) * self._k
 
     def __iter__(self) -> Iterator[tuple[Any, dict[str, Any]]]:
-        share, shares = self._share()
-        mine = self._images[share::shares].tolist()
+        mine = self._mine()
         if not mine:
             return
         if self._generator is None:  # a spawned worker: its own models
@@ -169,7 +201,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         for start in range(0, len(mine), self.batch_size):
             samples = self._generate([plan[i] for i in mine[start : start + self.batch_size]])
             if self._labeler is not None:
-                samples = self._labeler.label(samples)
+                samples = self._on_cuda(self._labeler.label, samples)
             for sample in samples:
                 if sample.metadata.get("rejected"):  # failed every retry: never labeled
                     continue
@@ -178,14 +210,19 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
                     yield self._as_torch(item, out_index, split)
 
     def _generate(self, jobs: list[ImageJob]) -> list[Sample]:
+        return self._on_cuda(self._generator.generate, jobs)
+
+    @staticmethod
+    def _on_cuda(call: Any, arg: Any) -> list[Sample]:
+        """`call(arg)`, with torch's CUDA-in-a-fork error (generator or labeler) made clear."""
         try:
-            return self._generator.generate(jobs)  # type: ignore[no-any-return]
+            return call(arg)  # type: ignore[no-any-return]
         except RuntimeError as exc:
             if "forked subprocess" not in str(exc):
                 raise
             raise SpecError(
-                "this spec generates on CUDA, which cannot start in a forked DataLoader worker: "
-                "pass num_workers=0 (the generator batches on the GPU itself)"
+                "this spec generates or labels on CUDA, which cannot start in a forked DataLoader "
+                "worker: pass num_workers=0 (the generator batches on the GPU itself)"
             ) from exc
 
     def _as_torch(self, item: Sample, out_index: int, split: str) -> tuple[Any, dict[str, Any]]:
@@ -202,4 +239,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         # Workers started by spawn get the spec, not the parent's models: each loads its own.
         state = dict(self.__dict__)
         state.update(_generator=None, _labeler=None, _variants=None)
+        # A spawned (or forkserver) worker has no process group: it takes this process's rank
+        # and world size along, or every rank's workers would yield the whole split.
+        state["_rank_world"] = self._rank_and_world()
         return state

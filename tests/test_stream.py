@@ -69,9 +69,14 @@ def test_every_item_once_whatever_the_workers_and_ranks(tmp_path: Path) -> None:
     with_workers = [item for ims, targets in loader for item in zip(ims, targets, strict=True)]
     assert_same_items(by_id(with_workers), alone)
 
-    shares = [SynthStream(spec, None, rank=r, world_size=3) for r in range(3)]
+    shares = [SynthStream(spec, None, rank=r, world_size=3, even=False) for r in range(3)]
     assert [len(s) for s in shares] == [8, 8, 6]
     assert_same_items(by_id([item for s in shares for item in s]), alone)
+    # even (the default): the same count on every rank, for DDP; images 10 and 11 (items 19-22)
+    # are left out
+    shares = [SynthStream(spec, None, rank=r, world_size=3) for r in range(3)]
+    assert [len(s) for s in shares] == [6, 6, 6]
+    assert_same_items(by_id([item for s in shares for item in s]), alone[:18])
 
 
 def test_later_epochs_are_new_reproducible_datasets_with_the_same_splits() -> None:
@@ -133,3 +138,88 @@ def test_a_cuda_generator_in_a_forked_worker_is_told_to_use_no_workers() -> None
     stream._generator.generate = cuda_in_a_fork
     with pytest.raises(SpecError, match="pass num_workers=0"):
         next(iter(stream))
+
+
+def test_each_rank_yields_len_items_with_workers() -> None:
+    # Rank r's workers together yield the images `len()` counts: ranks x workers sharding used
+    # to give rank 0 of 2 (2 workers each) 4 of 6 images and rank 1 only 2, while len() said 3.
+    spec = small_spec(num_images=6, splits={"train": 1.0})
+    seen = []
+    for rank in range(2):
+        stream = SynthStream(spec, "train", batch_size=2, rank=rank, world_size=2)
+        loader = DataLoader(stream, batch_size=None, num_workers=2)
+        ids = sorted(t["image_id"] for _, t in loader)
+        assert len(ids) == len(stream) == 3
+        seen += ids
+    assert sorted(seen) == list(range(1, 7))
+
+
+def test_spawned_workers_keep_the_torch_distributed_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker started by spawn/forkserver unpickles the stream in a process with no process
+    # group; before, it fell back to rank 0 of 1 and every rank yielded the whole split.
+    import pickle
+
+    import torch.distributed as dist
+
+    spec = small_spec(num_images=6, splits={"train": 1.0})
+    stream = SynthStream(spec, "train")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    payload = pickle.dumps(stream)  # what DataLoader does in the rank's process
+    monkeypatch.undo()  # the worker: no process group
+    in_worker = pickle.loads(payload)
+    assert [t["image_id"] for _, t in in_worker] == [2, 4, 6]
+
+
+def test_forked_workers_after_the_parent_generated_do_not_hang() -> None:
+    # The diffusion engine labels on a thread pool made on first use. A stream that generated
+    # in the main process (a peek, a validation pass with num_workers=0) left that pool to its
+    # forked DataLoader workers without its threads: they waited forever for their labels.
+    pytest.importorskip("diffusers")
+    from tests import tiny_models
+
+    params = {"model": tiny_models.sd_model(), "steps": 2, "batch_size": 4}
+    spec = small_spec(
+        num_images=4, image_size=[32, 32], scene={"name": "diffusion-attention", "params": params}
+    )
+    stream = SynthStream(spec, None, batch_size=2)
+    first = next(iter(stream))
+    loader = DataLoader(stream, batch_size=None, num_workers=2, timeout=120)
+    got = by_id(list(loader))
+    assert [t["image_id"] for _, t in got] == [1, 2, 3, 4]
+    assert_same_items(got[:1], [first])
+
+
+def test_a_cuda_labeler_in_a_forked_worker_is_told_to_use_no_workers() -> None:
+    stream = SynthStream(small_spec(num_images=2))
+
+    class CudaLabeler:  # e.g. `labeler: detector` on a GPU, used in a forked worker
+        def label(self, samples: object) -> None:
+            raise RuntimeError("Cannot re-initialize CUDA in forked subprocess. To use CUDA ...")
+
+    stream._labeler = CudaLabeler()
+    with pytest.raises(SpecError, match="pass num_workers=0"):
+        next(iter(stream))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_size": 2.5},  # accepted before; a TypeError in range() inside the worker
+        {"batch_size": "8"},
+        {"epoch": 1.7},  # silently epoch 1 before
+        {"rank": 0.5, "world_size": 2},  # silently rank 0 before
+        {"rank": "0", "world_size": "2"},
+    ],
+)
+def test_non_integer_arguments_are_spec_errors(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(SpecError, match="must be a whole number"):
+        SynthStream(small_spec(num_images=2), **kwargs)
+
+
+def test_overrides_as_one_string_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(small_spec(num_images=3).to_yaml())
+    with pytest.raises(SpecError, match=r"give \['num_images=2'\]"):  # was: --set 'n': ...
+        SynthStream(path, overrides="num_images=2")  # type: ignore[arg-type]

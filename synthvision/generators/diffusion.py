@@ -529,6 +529,7 @@ class DiffusionEngine:
         self.timings: dict[str, float] = {"denoise": 0.0, "decode": 0.0, "checks": 0.0}
         self.profile = False
         self._label_pool: ThreadPoolExecutor | None = None  # runs `finalize`; made on first use
+        self._label_pool_pid = 0  # the process that made it: a forked child has none of its threads
 
     @classmethod
     def from_params(cls, params: PipelineParams, where: str) -> DiffusionEngine:
@@ -613,7 +614,10 @@ class DiffusionEngine:
         ]
 
     def _labels_pool(self) -> ThreadPoolExecutor:
-        if self._label_pool is None:
+        if self._label_pool is None or self._label_pool_pid != os.getpid():
+            # A forked process (a DataLoader worker of a stream that generated in the parent)
+            # inherits the pool without its threads: its tasks would never run.
+            self._label_pool_pid = os.getpid()
             workers = self.params.label_threads or default_label_threads()
             self._label_pool = ThreadPoolExecutor(workers, thread_name_prefix="sv-labels")
         return self._label_pool
