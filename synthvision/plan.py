@@ -69,13 +69,47 @@ def assign_splits(fractions: dict[str, float], num_images: int) -> list[str]:
     return [names[k] for k in assign_split_ids(fractions, num_images).tolist()]
 
 
-def _objects_per_image(spec: Spec) -> npt.NDArray[np.int64]:
+def _object_count(spec: Spec, index: int) -> int:
+    """Objects of image `index` before count targets adjust them, from (seed, index, "plan")."""
     lo, hi = spec.objects_per_image
-    draws = (
-        int(randomness.rng(spec.seed, i, "plan").integers(lo, hi + 1))
-        for i in range(spec.num_images)
-    )
+    return int(randomness.rng(spec.seed, index, "plan").integers(lo, hi + 1))
+
+
+def _objects_per_image(spec: Spec) -> npt.NDArray[np.int64]:
+    draws = (_object_count(spec, i) for i in range(spec.num_images))
     return np.fromiter(draws, dtype=np.int64, count=spec.num_images)
+
+
+def _class_cdf(spec: Spec) -> npt.NDArray[np.float64]:
+    w = np.array([c.weight if c.weight is not None else 1.0 for c in spec.classes])
+    cdf = np.cumsum(w / w.sum())
+    cdf /= cdf[-1]
+    return cdf  # type: ignore[no-any-return]
+
+
+def _weighted_classes(
+    seed: int, index: int, n: int, cdf: npt.NDArray[np.float64]
+) -> npt.NDArray[np.intp]:
+    """The classes of image `index`'s `n` objects, drawn by weight from (seed, index,
+    "plan.classes"). Inverse-CDF sampling: the draws of numpy's `choice(len(p), n, p=p)`,
+    without its argument checks, which took a third of the planning time."""
+    gen = randomness.rng(seed, index, "plan.classes")
+    return cdf.searchsorted(gen.random(n), side="right")  # type: ignore[no-any-return]
+
+
+def plans_per_image(spec: Spec) -> bool:
+    """True when each image's job depends on its index alone (class weights), so `job_of` can
+    make any job without planning the others; count targets need the whole plan."""
+    return spec.classes[0].count is None
+
+
+def job_of(spec: Spec, index: int, split: str) -> ImageJob:
+    """Job `index` of a weight-planned spec (`plans_per_image`), equal to `make_plan(spec)[index]`
+    given the split `assign_split_ids` gives that index."""
+    n = _object_count(spec, index)
+    class_ids = _weighted_classes(spec.seed, index, n, _class_cdf(spec)).astype(np.int32)
+    size_hw = (int(spec.image_size[0]), int(spec.image_size[1]))
+    return ImageJob(index, split, size_hw, tuple(class_ids.tolist()), spec.seed)
 
 
 def _fit_total(
@@ -187,16 +221,11 @@ def make_plan(spec: Spec) -> Plan:
         gen.shuffle(pool)
         class_ids = pool.astype(np.int32)  # dealt to images in index order
     else:
-        w = np.array([c.weight if c.weight is not None else 1.0 for c in spec.classes])
-        cdf = np.cumsum(w / w.sum())
-        cdf /= cdf[-1]
+        cdf = _class_cdf(spec)
         class_ids = np.empty(int(n_objects.sum()), dtype=np.int32)
         start = 0
         for i, n in enumerate(n_objects.tolist()):
-            gen = randomness.rng(spec.seed, i, "plan.classes")
-            # Inverse-CDF sampling: the draws of numpy's `choice(len(p), n, p=p)`, without its
-            # argument checks, which took a third of the planning time.
-            class_ids[start : start + n] = cdf.searchsorted(gen.random(n), side="right")
+            class_ids[start : start + n] = _weighted_classes(spec.seed, i, n, cdf)
             start += n
     offsets = np.zeros(spec.num_images + 1, dtype=np.int64)
     np.cumsum(n_objects, out=offsets[1:])

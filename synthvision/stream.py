@@ -31,7 +31,7 @@ forked worker. `set_epoch` reaches persistent workers too: the epoch lives in sh
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from synthvision.dataset_items import (
 from synthvision.errors import SpecError
 from synthvision.formats.coco import coco_annotation
 from synthvision.formats.records import instances_from_records
-from synthvision.plan import ImageJob, assign_split_ids, make_plan
+from synthvision.plan import ImageJob, assign_split_ids, job_of, make_plan, plans_per_image
 from synthvision.structures import Sample
 
 
@@ -132,7 +132,9 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         self._k = variants_per_image(spec)
         # The split of each generated image depends on its index only, not on the seed.
         split_ids = assign_split_ids(spec.splits, spec.num_images)
-        wanted = list(spec.splits).index(split) if split is not None else None
+        self._split_names = list(spec.splits)
+        self._split_ids = split_ids
+        wanted = self._split_names.index(split) if split is not None else None
         self._images = (
             np.arange(spec.num_images) if wanted is None else np.flatnonzero(split_ids == wanted)
         )
@@ -197,17 +199,26 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         assert self._variants is not None
         seed = epoch_seed(self.spec.seed, self.epoch)
         spec = self.spec if seed == self.spec.seed else self.spec.model_copy(update={"seed": seed})
-        plan = make_plan(spec)
+        job = self._jobs(spec)
         for start in range(0, len(mine), self.batch_size):
-            samples = self._generate([plan[i] for i in mine[start : start + self.batch_size]])
+            samples = self._generate([job(i) for i in mine[start : start + self.batch_size]])
             if self._labeler is not None:
                 samples = self._on_cuda(self._labeler.label, samples)
             for sample in samples:
                 if sample.metadata.get("rejected"):  # failed every retry: never labeled
                     continue
-                split = plan[sample.index].split
+                split = self._split_names[self._split_ids[sample.index]]
                 for out_index, item in self._variants.items(sample, seed=seed):
                     yield self._as_torch(item, out_index, split)
+
+    def _jobs(self, spec: Spec) -> Callable[[int], ImageJob]:
+        """Job of an image index for this epoch's `spec`. Class weights: made per image, so a
+        worker draws only its own share; count targets: from the whole plan (they are dealt
+        over the dataset)."""
+        if plans_per_image(spec):
+            names, ids = self._split_names, self._split_ids
+            return lambda i: job_of(spec, i, names[ids[i]])
+        return make_plan(spec).__getitem__
 
     def _generate(self, jobs: list[ImageJob]) -> list[Sample]:
         return self._on_cuda(self._generator.generate, jobs)

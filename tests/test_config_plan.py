@@ -301,3 +301,15 @@ def test_an_alias_bomb_of_long_text_is_refused_quickly(tmp_path: Path) -> None:
     path.write_text('x: &s "' + "a" * 70_000 + '"\ny: [*s, *s]\n')
     with pytest.raises(SpecError, match="x: unknown key"):
         load_spec(path)
+
+
+def test_a_weight_planned_job_is_made_alone_as_in_the_whole_plan() -> None:
+    from synthvision.plan import job_of, plans_per_image
+
+    from .helpers import small_spec
+
+    spec = small_spec(num_images=40, classes=[{"name": "a", "weight": 3.0}, {"name": "b"}])
+    splits = assign_splits(spec.splits, spec.num_images)
+    assert plans_per_image(spec)
+    assert [job_of(spec, i, splits[i]) for i in range(40)] == list(make_plan(spec))
+    assert not plans_per_image(small_spec(classes=[{"name": "a", "count": 4}]))

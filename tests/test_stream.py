@@ -12,7 +12,7 @@ from synthvision.data import SynthDetection, collate_detection
 from synthvision.errors import SpecError
 from synthvision.stream import SynthStream, epoch_seed
 
-from .helpers import small_spec
+from .helpers import SHAPES, small_spec
 
 Item = tuple[torch.Tensor, dict[str, Any]]
 
@@ -40,8 +40,9 @@ def by_id(items: list[Item]) -> list[Item]:
             "augment": {"preset": "medium", "variants": 1, "keep_original": True},
             "export": {"image_format": "png", "coco_masks": "polygon", "preview_images": 0},
         },
+        {"classes": [{"name": n, "count": 3} for n in SHAPES]},  # dealt over the whole plan
     ],
-    ids=["compose", "augmented-polygons"],
+    ids=["compose", "augmented-polygons", "count-targets"],
 )
 def test_epoch_0_is_the_dataset_a_png_build_writes(tmp_path: Path, over: dict[str, Any]) -> None:
     over = {"export": {"image_format": "png", "preview_images": 0}, **over}
