@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -80,6 +81,24 @@ def local_files_only_for(
         f"(hf download {model}) and copy the cache here, or give a local directory saved with "
         "save_pretrained"
     )
+
+
+def cached_commit(model: str, *, filename: str, revision: str | None) -> str | None:
+    """The commit of the hub snapshot `model` loads from (the cache's `snapshots/<commit>/`), or
+    None for a local directory or a model not in the cache. Recorded with every sample, since a
+    hub id alone (or `main`) names different weights over time."""
+    if Path(model).expanduser().is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model, filename, revision=revision)
+    except ValueError:
+        return None
+    if not isinstance(cached, str):
+        return None
+    commit = Path(cached).parent.name
+    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
 @functools.lru_cache(maxsize=4)

@@ -443,3 +443,34 @@ def test_sdxl_capture_records_every_query_and_leaves_the_image_unchanged(guidanc
     np.testing.assert_array_equal(captured.image, plain.image)
     assert captured.maps is not None and captured.maps.shape == (2, 16, 16)
     assert (captured.maps.reshape(2, -1).sum(axis=1) > 0).all()
+
+
+def test_a_hub_id_loads_from_the_cache_and_its_commit_is_recorded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A hub id in the local cache loads offline, and every sample records the snapshot's commit
+    (a hub id alone, or `main`, names other weights over time); a local folder records none."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from synthvision.generators import diffusion as diffusion_mod
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-sd"
+    shutil.copytree(tiny_models.sd_model(), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(diffusion_mod, "_PIPELINES", {})
+    spec = scene_spec("diffusion-attention", "someone/tiny-sd")
+    md = make(spec).generate(make_plan(spec)[:1])[0].metadata
+    assert (md["model"], md["commit"], md["revision"], md["variant"]) == (
+        "someone/tiny-sd",
+        commit,
+        None,
+        None,
+    )
+    spec = scene_spec("diffusion-attention", tiny_models.sd_model())
+    assert make(spec).generate(make_plan(spec)[:1])[0].metadata["commit"] is None

@@ -47,7 +47,7 @@ from synthvision.filters import (
     to_uint8,
 )
 from synthvision.generators.prompts import DEFAULT_ATTRIBUTES
-from synthvision.hub import follow_hub_progress_setting, local_files_only_for
+from synthvision.hub import cached_commit, follow_hub_progress_setting, local_files_only_for
 from synthvision.labelers import attention as attn_labels
 from synthvision.plan import ImageJob
 from synthvision.spec_model import SpecModel
@@ -198,6 +198,7 @@ class LoadedPipeline:
     capture_layers: int  # number of cross-attention layers that can record maps
     model: str
     safety_checker: bool
+    commit: str | None = None  # the hub snapshot loaded (None: a local directory)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -396,6 +397,7 @@ def load_pipeline(params: PipelineParams, where: str, pipeline_class: Any = None
         capture_layers=n_capture,
         model=params.model,
         safety_checker=params.safety_checker,
+        commit=cached_commit(params.model, filename="model_index.json", revision=params.revision),
     )
     _PIPELINES[key] = loaded
     return loaded
@@ -566,6 +568,9 @@ class DiffusionEngine:
         pipe = self.loaded.pipe
         return {
             "model": self.loaded.model,
+            "revision": self.params.revision,
+            "variant": self.params.variant,
+            "commit": self.loaded.commit,
             "pipeline": type(pipe).__name__,
             "scheduler": type(pipe.scheduler).__name__,
             "steps": self.params.steps,
