@@ -65,8 +65,10 @@ def main() -> None:
             ]
             out = subprocess.run(
                 [sys.executable, "-c", CHILD, args.spec, str(Path(tmp) / "ds"), *overrides],
-                check=True, capture_output=True, text=True,
+                capture_output=True, text=True,
             )  # fmt: skip
+            if out.returncode != 0:  # the child's error, not only its exit status
+                sys.exit(f"build of {n} images failed ({out.returncode}):\n{out.stderr[-4000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {r['images']} | {args.size} | {r['instances']} | {r['generate_s']} | "
                   f"{r['merge_s']} | {r['gen_images_per_s']} | {r['end_to_end_images_per_s']} | "

@@ -487,10 +487,16 @@ def main() -> None:
         )
         for k in wanted:
             rung = LADDER[k]
-            with global_settings(rung):
-                results["rungs"].append(
-                    measure_rung(rung, model, args, tmp, bound, device, save_partial=save)
-                )
+            # In the results before it is measured: save_partial() then keeps its gen/capture
+            # numbers if the call is stopped (or fails) later in the rung.
+            row: dict[str, Any] = {"rung": rung.name, **asdict(rung)}
+            results["rungs"].append(row)
+            try:
+                with global_settings(rung):
+                    measure_rung(rung, model, args, tmp, bound, device, row, save_partial=save)
+            except Exception as exc:  # keep the other rungs (e.g. one whose compile fails)
+                row["error"] = repr(exc)
+                log(rung.name, "failed", repr(exc))
             save()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -499,9 +505,10 @@ def main() -> None:
 
 
 def measure_rung(  # type: ignore[no-untyped-def]
-    rung: Rung, model: str, args, tmp: Path, bound: float, device: str, save_partial
+    rung: Rung, model: str, args, tmp: Path, bound: float, device: str, row, save_partial
 ) -> dict[str, Any]:
-    """gen / capture / e2e rates of one rung, each also as a share of the FLOP bound."""
+    """gen / capture / e2e rates of one rung, each also as a share of the FLOP bound, written
+    into `row` as they come (`save_partial()` saves the results it belongs to)."""
     import torch
 
     from synthvision.generators.diffusion import clear_pipeline_cache
@@ -516,9 +523,10 @@ def measure_rung(  # type: ignore[no-untyped-def]
     # Steady state: several batches per measurement (fp32 at batch 1 is slow: 3 images).
     n = args.images or (3 if rung.dtype == "float32" else max(4 * bs, 4))
     n_e2e = args.e2e_images or (3 if rung.dtype == "float32" else max(8 * bs, 8))
-    row: dict[str, Any] = {"rung": rung.name, **asdict(rung)}
     row["gen"] = engine_rate(params, n, args.size, capture=False)
+    row["gen"]["of_bound"] = row["gen"]["img_s"] / bound
     log(rung.name, "gen", row["gen"])
+    save_partial()
     if rung.attention == "sdpa":
         row["capture"] = engine_rate(params, n, args.size, capture=True)
         row["capture_overhead"] = row["gen"]["img_s"] / row["capture"]["img_s"] - 1.0
@@ -556,6 +564,9 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in results["rungs"]:
+        if "gen" not in r:
+            lines.append(f"| {r['rung']} | failed: {r.get('error', '?')} | | | | |")
+            continue
         cap = r.get("capture", {}).get("img_s")
         e2e = r.get("e2e", {}).get("img_s")
         over = r.get("capture_overhead")

@@ -33,14 +33,15 @@ case "$phase" in
   ladder)
     rungs=${2:?ladder needs rung numbers, e.g. 5,8,9}
     python3 benchmarks/diffusion_ladder.py --rungs "$rungs" --out "$out/ladder-${rungs//,/-}.json" \
-      2>&1 | grep -v -e "Warning" -e "warn_once" -e "^ *$" | tee "$out/ladder-${rungs//,/-}.log"
+      2>&1 | grep --line-buffered -v -e "Warning" -e "warn_once" -e "^ *$" \
+      | tee "$out/ladder-${rungs//,/-}.log"
     ;;
   strategies)
     names=${2:?strategies needs names, e.g. attention,compose}
     rung=${3:-8}
     python3 benchmarks/diffusion_strategies.py --strategies "$names" --rung "$rung" \
       --out "$out/strategies-${names//,/-}-r$rung.json" 2>&1 \
-      | grep -v -e "Warning" -e "warn_once" -e "deprecated" -e "Loading" -e "^ *$" \
+      | grep --line-buffered -v -e "Warning" -e "warn_once" -e "deprecated" -e "Loading" -e "^ *$" \
       | tee "$out/strategies-${names//,/-}-r$rung.log"
     ;;
   cvae)
@@ -48,8 +49,9 @@ case "$phase" in
       --crops 8192 2>&1 | tee "$out/cvae-train.log"
     python3 benchmarks/cvae_throughput.py --device cuda --threads 8 --batch-sizes 256,1024 \
       --crops 8192 --mixed-precision bf16 2>&1 | tee -a "$out/cvae-train.log"
+    # decode_batch as configs/quickstart.yaml advises for a GPU (the default 16 suits a CPU)
     python3 benchmarks/build_throughput.py --counts 1000 --set objects.params.device=cuda \
-      2>&1 | tee "$out/cvae-build.log"
+      --set objects.params.decode_batch=128 2>&1 | tee "$out/cvae-build.log"
     ;;
   *)
     echo "unknown phase $phase (tests | ladder RUNGS | strategies NAMES [RUNG] | cvae)" >&2

@@ -424,9 +424,12 @@ def _fit(
         say(f"resuming from epoch {state['epoch']} of {config.epochs}")
     resumed_from = int(state["epoch"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    if resumed_from and (ckpt / "optimizer.pt").is_file():
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu"))
     model, optimizer = accelerator.prepare(model, optimizer)
+    if resumed_from and (ckpt / "optimizer.pt").is_file():
+        # After prepare: torch puts the moments on the parameters' device and keeps AdamW's
+        # `step` counters on the CPU. Loaded before, accelerate's prepare moves the counters to
+        # the GPU too, and every optimizer step then syncs on each one's .item() (2 per tensor).
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu"))
     device = accelerator.device
 
     steps_per_epoch = max(1, n // config.batch_size)
