@@ -43,7 +43,7 @@ from synthvision.formats.records import instances_from_records
 from synthvision.formats.yolo import write_data_yaml, yolo_label_text
 from synthvision.generators import SceneGenerator
 from synthvision.outdir import MANIFEST, prepare_output_dir, release_output_dir, remove_stale_tmp
-from synthvision.plan import ImageJob, make_plan, planned_class_counts
+from synthvision.plan import ImageJob, plan_jobs, planned_class_counts
 from synthvision.progress import progress_bar
 from synthvision.shards import RECORDS_FILE, SHARDS_DIR, RecordIndex, ShardWriter, scan_records
 from synthvision.structures import ClassMap, Sample
@@ -170,7 +170,7 @@ def generate_shard(
     Returns the number of images written; `tick(1)` after each.
     """
     k = variants_per_image(spec)
-    jobs = make_plan(spec) if jobs is None else jobs
+    jobs = plan_jobs(spec) if jobs is None else jobs
     todo_jobs = sorted({i // k for i in items})
     wanted = set(items)
     suffix = IMAGE_SUFFIX[spec.export.image_format]
@@ -426,7 +426,7 @@ def build(
     if batch_size < 1:
         raise SpecError(f"--batch-size must be at least 1 (got {batch_size})")
     pin_device(ctx.device)  # generators resolving device "auto" use this rank's device
-    jobs = make_plan(spec)  # validates count targets before anything is written
+    jobs = plan_jobs(spec)  # validates count targets before anything is written
     generator = create_scene_generator(spec)  # once per process: models load once per rank
     labeler = create_labeler(spec)
     augmentation = Variants(spec)  # a bad augment section fails here, before any write
@@ -478,11 +478,19 @@ def build(
                     labeler=labeler,
                     augmentation=augmentation,
                 )
+                # The manifest's planned class counts, a share per rank: no process draws every
+                # image's job (see plan.PerImageJobs).
+                planned_part = planned_class_counts(
+                    jobs, len(spec.classes), ctx.my_range(spec.num_images)
+                )
             except Exception as exc:  # shared with the other ranks, then re-raised
                 error = exc
+                planned_part = []
             # Waits for every rank's shard; raises on every rank if any rank failed.
-            per_rank = [int(n) for n in ctx.gather_outcomes(error, written)]
+            outcomes = ctx.gather_outcomes(error, (written, planned_part))
         gen_seconds = time.perf_counter() - t_gen
+        per_rank = [int(n) for n, _ in outcomes]
+        planned = [sum(column) for column in zip(*(part for _, part in outcomes), strict=True)]
         written = sum(per_rank)
 
         def finish() -> dict[str, Any]:
@@ -507,7 +515,6 @@ def build(
             preview = write_preview(spec, out, index, num_items)
             merge_seconds = time.perf_counter() - t_merge
             class_map = ClassMap(spec.class_names)
-            planned = planned_class_counts(jobs, len(class_map))
             counts["instances"]["planned_per_class"] = dict(
                 zip(class_map.names, [p * k for p in planned], strict=True)
             )

@@ -142,8 +142,9 @@ class Spec(_Strict):
         str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     ]
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
-    # The plan takes ~23 bytes and ~47 us per image: 10 million is ~230 MB and ~8 minutes of
-    # planning in every process (benchmarks/README.md).
+    # With class weights a rank draws only its own images' jobs (~50 us each) and holds a split
+    # byte per image; count targets need the whole plan (~23 bytes and ~50 us per image) in
+    # every process: 10 million is ~230 MB and ~8 minutes there (benchmarks/README.md).
     num_images: Annotated[int, Field(gt=0, le=10_000_000)]
     image_size: tuple[PositiveInt, PositiveInt] = Field(
         default=(512, 512), description="(height, width) in pixels"

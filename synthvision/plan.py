@@ -103,13 +103,71 @@ def plans_per_image(spec: Spec) -> bool:
     return spec.classes[0].count is None
 
 
-def job_of(spec: Spec, index: int, split: str) -> ImageJob:
+def job_of(
+    spec: Spec, index: int, split: str, cdf: npt.NDArray[np.float64] | None = None
+) -> ImageJob:
     """Job `index` of a weight-planned spec (`plans_per_image`), equal to `make_plan(spec)[index]`
-    given the split `assign_split_ids` gives that index."""
+    given the split `assign_split_ids` gives that index (`cdf`: the spec's class CDF, if known)."""
     n = _object_count(spec, index)
-    class_ids = _weighted_classes(spec.seed, index, n, _class_cdf(spec)).astype(np.int32)
+    cdf = _class_cdf(spec) if cdf is None else cdf
+    class_ids = _weighted_classes(spec.seed, index, n, cdf).astype(np.int32)
     size_hw = (int(spec.image_size[0]), int(spec.image_size[1]))
     return ImageJob(index, split, size_hw, tuple(class_ids.tolist()), spec.seed)
+
+
+class PerImageJobs(Sequence[ImageJob]):
+    """The jobs of a weight-planned spec, each drawn when it is read: a rank (or a stream
+    worker) pays only for the images it makes, where `make_plan` draws every image's first
+    (~50 us each: 8 minutes per process at 10 million images). Equal to `make_plan(spec)`.
+
+    `split_ids`: `assign_split_ids(spec.splits, spec.num_images)`, if already made (they do not
+    depend on the seed).
+    """
+
+    def __init__(self, spec: Spec, split_ids: npt.NDArray[np.integer] | None = None) -> None:
+        if not plans_per_image(spec):
+            raise ValueError("count targets are dealt over the whole plan: use make_plan")
+        self.spec = spec
+        self._names = list(spec.splits)
+        self._split_ids = (
+            assign_split_ids(spec.splits, spec.num_images) if split_ids is None else split_ids
+        )
+        self._cdf = _class_cdf(spec)
+
+    def __len__(self) -> int:
+        return self.spec.num_images
+
+    @overload
+    def __getitem__(self, index: int) -> ImageJob: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ImageJob]: ...
+
+    def __getitem__(self, index: int | slice) -> ImageJob | list[ImageJob]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"image index {index} out of range for {len(self)} images")
+        return job_of(self.spec, i, self._names[self._split_ids[i]], self._cdf)
+
+    def class_counts(self, num_classes: int, images: range | None = None) -> list[int]:
+        """Planned instances per class over `images` (default: all)."""
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for i in images if images is not None else range(len(self)):
+            n = _object_count(self.spec, i)
+            counts += np.bincount(
+                _weighted_classes(self.spec.seed, i, n, self._cdf), minlength=num_classes
+            )
+        return counts.tolist()  # type: ignore[no-any-return]
+
+
+def plan_jobs(spec: Spec, split_ids: npt.NDArray[np.integer] | None = None) -> Sequence[ImageJob]:
+    """The spec's jobs: drawn per image when class weights allow (`PerImageJobs`), else the
+    whole plan (count targets; `make_plan` also checks that they can be met)."""
+    return PerImageJobs(spec, split_ids) if plans_per_image(spec) else make_plan(spec)
 
 
 def _fit_total(
@@ -201,9 +259,12 @@ class Plan(Sequence[ImageJob]):
 
     __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics: compare, don't hash
 
-    def class_counts(self, num_classes: int) -> list[int]:
-        """Planned instances per class over the whole dataset."""
-        return np.bincount(self._class_ids, minlength=num_classes).tolist()  # type: ignore[no-any-return]
+    def class_counts(self, num_classes: int, images: range | None = None) -> list[int]:
+        """Planned instances per class over `images` (a step-1 range; default: all)."""
+        ids = self._class_ids
+        if images is not None:
+            ids = ids[self._offsets[images.start] : self._offsets[images.stop]]
+        return np.bincount(ids, minlength=num_classes).tolist()  # type: ignore[no-any-return]
 
 
 def make_plan(spec: Spec) -> Plan:
@@ -232,9 +293,14 @@ def make_plan(spec: Spec) -> Plan:
     return Plan(list(spec.splits), split_ids, offsets, class_ids, size_hw, spec.seed)
 
 
-def planned_class_counts(jobs: Sequence[ImageJob], num_classes: int) -> list[int]:
-    if isinstance(jobs, Plan):
-        return jobs.class_counts(num_classes)
+def planned_class_counts(
+    jobs: Sequence[ImageJob], num_classes: int, images: range | None = None
+) -> list[int]:
+    """Planned instances per class over `images` (default: every image of `jobs`)."""
+    if isinstance(jobs, (PerImageJobs, Plan)):
+        return jobs.class_counts(num_classes, images)
+    if images is not None:
+        jobs = [jobs[i] for i in images]
     counts = [0] * num_classes
     for job in jobs:
         for c in job.class_ids:

@@ -53,7 +53,7 @@ from synthvision.dataset_items import (
 from synthvision.errors import SpecError
 from synthvision.formats.coco import coco_annotation
 from synthvision.formats.records import instances_from_records
-from synthvision.plan import ImageJob, assign_split_ids, job_of, make_plan, plans_per_image
+from synthvision.plan import ImageJob, assign_split_ids, plan_jobs
 from synthvision.structures import Sample
 
 
@@ -215,10 +215,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         """Job of an image index for this epoch's `spec`. Class weights: made per image, so a
         worker draws only its own share; count targets: from the whole plan (they are dealt
         over the dataset)."""
-        if plans_per_image(spec):
-            names, ids = self._split_names, self._split_ids
-            return lambda i: job_of(spec, i, names[ids[i]])
-        return make_plan(spec).__getitem__
+        return plan_jobs(spec, self._split_ids).__getitem__
 
     def _generate(self, jobs: list[ImageJob]) -> list[Sample]:
         return self._on_cuda(self._generator.generate, jobs)

@@ -313,3 +313,23 @@ def test_a_weight_planned_job_is_made_alone_as_in_the_whole_plan() -> None:
     assert plans_per_image(spec)
     assert [job_of(spec, i, splits[i]) for i in range(40)] == list(make_plan(spec))
     assert not plans_per_image(small_spec(classes=[{"name": "a", "count": 4}]))
+
+
+def test_per_image_jobs_equal_the_plan_and_count_by_range() -> None:
+    from synthvision.plan import PerImageJobs, plan_jobs, planned_class_counts
+
+    from .helpers import small_spec
+
+    spec = small_spec(num_images=30, classes=[{"name": "a", "weight": 3.0}, {"name": "b"}])
+    jobs, plan = plan_jobs(spec), make_plan(spec)
+    assert isinstance(jobs, PerImageJobs) and list(jobs) == list(plan)
+    assert jobs[-1] == plan[29] and jobs[3:6] == plan[3:6]
+    for images in (None, range(0, 11), range(11, 30), range(5, 5)):
+        assert planned_class_counts(jobs, 2, images) == planned_class_counts(plan, 2, images)
+    parts = [planned_class_counts(jobs, 2, r) for r in (range(0, 11), range(11, 30))]
+    assert [a + b for a, b in zip(*parts, strict=True)] == planned_class_counts(plan, 2)
+    counted = small_spec(
+        num_images=30, classes=[{"name": "a", "count": 20}, {"name": "b", "count": 9}]
+    )
+    assert not isinstance(plan_jobs(counted), PerImageJobs)
+    assert planned_class_counts(plan_jobs(counted), 2, range(0, 30)) == [20, 9]

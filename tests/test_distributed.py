@@ -33,6 +33,7 @@ from synthvision.build import shard_items as shard_items_of
 from synthvision.config import Spec
 from synthvision.errors import SpecError
 from synthvision.outdir import prepare_output_dir
+from synthvision.plan import make_plan
 from synthvision.shards import shard_dir
 
 from .helpers import dataset_digests, small_spec
@@ -256,6 +257,17 @@ def test_two_processes_build_the_same_bytes_as_one(tmp_path: Path) -> None:
     assert manifest["world_size"] == 2
     assert manifest["this_run"]["generated_images_per_rank"] == [7, 6]
     assert dataset_digests(out) == dataset_digests(ref)
+    # Each rank counts the planned classes of its share of the images; together, the whole plan.
+    planned = manifest["counts"]["instances"]["planned_per_class"]
+    assert (
+        planned
+        == json.loads((ref / "manifest.json").read_text())["counts"]["instances"][
+            "planned_per_class"
+        ]
+    )
+    assert list(planned.values()) == [
+        p * 1 for p in make_plan(spec).class_counts(len(spec.classes))
+    ]
 
 
 @pytest.mark.slow
