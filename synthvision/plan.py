@@ -115,7 +115,30 @@ def job_of(
     return ImageJob(index, split, size_hw, tuple(class_ids.tolist()), spec.seed)
 
 
-class PerImageJobs(Sequence[ImageJob]):
+class _Jobs(Sequence[ImageJob]):
+    """A read-only sequence of a dataset's jobs in index order; subclasses make job `i`."""
+
+    def _job(self, i: int) -> ImageJob:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> ImageJob: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ImageJob]: ...
+
+    def __getitem__(self, index: int | slice) -> ImageJob | list[ImageJob]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"image index {index} out of range for {len(self)} images")
+        return self._job(i)
+
+
+class PerImageJobs(_Jobs):
     """The jobs of a weight-planned spec, each drawn when it is read: a rank (or a stream
     worker) pays only for the images it makes, where `make_plan` draws every image's first
     (~50 us each: 8 minutes per process at 10 million images). Equal to `make_plan(spec)`.
@@ -137,20 +160,7 @@ class PerImageJobs(Sequence[ImageJob]):
     def __len__(self) -> int:
         return self.spec.num_images
 
-    @overload
-    def __getitem__(self, index: int) -> ImageJob: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[ImageJob]: ...
-
-    def __getitem__(self, index: int | slice) -> ImageJob | list[ImageJob]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = operator.index(index)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"image index {index} out of range for {len(self)} images")
+    def _job(self, i: int) -> ImageJob:
         return job_of(self.spec, i, self._names[self._split_ids[i]], self._cdf)
 
     def class_counts(self, num_classes: int, images: range | None = None) -> list[int]:
@@ -199,7 +209,7 @@ def _fit_total(
     return arr
 
 
-class Plan(Sequence[ImageJob]):
+class Plan(_Jobs):
     """All jobs of a dataset, in index order: a read-only sequence of ImageJob.
 
     Stored as arrays (a split byte, an offset and the class ids of each image: about 23 bytes
@@ -227,20 +237,7 @@ class Plan(Sequence[ImageJob]):
     def __len__(self) -> int:
         return len(self._split_ids)
 
-    @overload
-    def __getitem__(self, index: int) -> ImageJob: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[ImageJob]: ...
-
-    def __getitem__(self, index: int | slice) -> ImageJob | list[ImageJob]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = operator.index(index)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"image index {index} out of range for {len(self)} images")
+    def _job(self, i: int) -> ImageJob:
         lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
         return ImageJob(
             index=i,
