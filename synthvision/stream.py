@@ -57,6 +57,10 @@ from synthvision.plan import ImageJob, assign_split_ids, plan_jobs
 from synthvision.structures import Sample
 
 
+def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The dataset seed of `epoch`: the spec's own for epoch 0, a derived one after."""
     if epoch == 0:
@@ -200,16 +204,36 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         seed = epoch_seed(self.spec.seed, self.epoch)
         spec = self.spec if seed == self.spec.seed else self.spec.model_copy(update={"seed": seed})
         job = self._jobs(spec)
-        for start in range(0, len(mine), self.batch_size):
-            samples = self._generate([job(i) for i in mine[start : start + self.batch_size]])
-            if self._labeler is not None:
-                samples = self._on_cuda(self._labeler.label, samples)
-            for sample in samples:
-                if sample.metadata.get("rejected"):  # failed every retry: never labeled
-                    continue
-                split = self._split_names[self._split_ids[sample.index]]
-                for out_index, item in self._variants.items(sample, seed=seed):
-                    yield self._as_torch(item, out_index, split)
+        batches = (
+            [job(i) for i in mine[start : start + self.batch_size]]
+            for start in range(0, len(mine), self.batch_size)
+        )
+        # Generators with `generate_async` (diffusion scenes) label a batch on threads while the
+        # next one generates, as in a build: one batch in flight.
+        start_batch = getattr(self._generator, "generate_async", None)
+        in_flight: Callable[[], list[Sample]] | None = None
+        for jobs in batches:
+            if start_batch is None:
+                yield from self._items(self._on_cuda(self._generator.generate, jobs), seed)
+                continue
+            started = self._on_cuda(start_batch, jobs)
+            if in_flight is not None:
+                yield from self._items(self._on_cuda(_call, in_flight), seed)
+            in_flight = started
+        if in_flight is not None:
+            yield from self._items(self._on_cuda(_call, in_flight), seed)
+
+    def _items(self, samples: list[Sample], seed: int) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """The torch items of generated `samples` (labeled, split into their variants)."""
+        assert self._variants is not None
+        if self._labeler is not None:
+            samples = self._on_cuda(self._labeler.label, samples)
+        for sample in samples:
+            if sample.metadata.get("rejected"):  # failed every retry: never labeled
+                continue
+            split = self._split_names[self._split_ids[sample.index]]
+            for out_index, item in self._variants.items(sample, seed=seed):
+                yield self._as_torch(item, out_index, split)
 
     def _jobs(self, spec: Spec) -> Callable[[int], ImageJob]:
         """Job of an image index for this epoch's `spec`. Class weights: made per image, so a
@@ -217,11 +241,8 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         over the dataset)."""
         return plan_jobs(spec, self._split_ids).__getitem__
 
-    def _generate(self, jobs: list[ImageJob]) -> list[Sample]:
-        return self._on_cuda(self._generator.generate, jobs)
-
     @staticmethod
-    def _on_cuda(call: Any, arg: Any) -> list[Sample]:
+    def _on_cuda(call: Any, arg: Any) -> Any:
         """`call(arg)`, with torch's CUDA-in-a-fork error (generator or labeler) made clear."""
         try:
             return call(arg)  # type: ignore[no-any-return]

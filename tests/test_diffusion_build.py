@@ -146,7 +146,7 @@ def test_a_stream_of_attention_labeled_scenes_is_the_png_build(tmp_path: Path) -
     )
     build_mod.build(spec, tmp_path / "out", batch_size=4, show_progress=False)
     on_disk = SynthDetection(tmp_path / "out", "val")
-    streamed = list(SynthStream(spec, "val", batch_size=4))
+    streamed = list(SynthStream(spec, "val", batch_size=1))  # two batches: one in flight
     assert len(streamed) == len(on_disk) == 2
     for (image, target), (want_image, want) in zip(
         streamed, (on_disk[i] for i in range(len(on_disk))), strict=True
