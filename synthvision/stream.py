@@ -31,6 +31,7 @@ forked worker. `set_epoch` reaches persistent workers too: the epoch lives in sh
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,6 @@ from synthvision.plan import ImageJob, assign_split_ids, plan_jobs
 from synthvision.structures import Sample
 
 
-def _call(fn: Callable[[], Any]) -> Any:
-    return fn()
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """The dataset seed of `epoch`: the spec's own for epoch 0, a derived one after."""
     if epoch == 0:
@@ -70,8 +67,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def _whole(value: Any, name: str) -> int:
     """`value` as an int (ints and numpy ints); SpecError for anything else (2.5, "8", True)."""
-    import operator
-
     if isinstance(value, bool):
         raise SpecError(f"{name} must be a whole number (got {value!r})")
     try:
@@ -218,10 +213,10 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
                 continue
             started = self._on_cuda(start_batch, jobs)
             if in_flight is not None:
-                yield from self._items(self._on_cuda(_call, in_flight), seed)
+                yield from self._items(self._on_cuda(in_flight), seed)
             in_flight = started
         if in_flight is not None:
-            yield from self._items(self._on_cuda(_call, in_flight), seed)
+            yield from self._items(self._on_cuda(in_flight), seed)
 
     def _items(self, samples: list[Sample], seed: int) -> Iterator[tuple[Any, dict[str, Any]]]:
         """The torch items of generated `samples` (labeled, split into their variants)."""
@@ -242,10 +237,10 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         return plan_jobs(spec, self._split_ids).__getitem__
 
     @staticmethod
-    def _on_cuda(call: Any, arg: Any) -> Any:
-        """`call(arg)`, with torch's CUDA-in-a-fork error (generator or labeler) made clear."""
+    def _on_cuda(call: Callable[..., Any], *args: Any) -> Any:
+        """`call(*args)`, with torch's CUDA-in-a-fork error (generator or labeler) made clear."""
         try:
-            return call(arg)  # type: ignore[no-any-return]
+            return call(*args)
         except RuntimeError as exc:
             if "forked subprocess" not in str(exc):
                 raise

@@ -379,7 +379,7 @@ def _fit(
         raise SpecError(f"{n} training crops cannot be split over {world} processes")
 
     ckpt = out / CHECKPOINT_SUBDIR
-    _refuse_foreign_output(out)
+    _refuse_foreign_output(out)  # every rank: only the main one checked before the lock
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": []}
     model_kwargs = config.model_kwargs(class_names)
     # Settings that shape the optimisation: a resumed run must keep them, or its epochs would mix
