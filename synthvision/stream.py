@@ -22,7 +22,9 @@ Sharding: the generated images of the split are dealt round-robin to the ranks
 its DataLoader workers, so each item is yielded at most once per epoch whatever the number of
 workers and ranks: exactly once with one rank, or with `even=False`. With `even` (the default)
 every rank yields the same number of items, as DDP needs: the last `images % world_size`
-generated images of the split are left out. Generation is batched (`batch_size`
+generated images of the split are left out, and the items of an image that the filters reject
+after its retries (diffusion) are replaced by copies of an item of the same rank, as
+DistributedSampler pads (a build leaves such an image out). Generation is batched (`batch_size`
 images per generator call) inside each worker.
 
 GPU generators (diffusion) belong in the main process (`num_workers=0`): CUDA cannot start in a
@@ -75,14 +77,50 @@ def _whole(value: Any, name: str) -> int:
         raise SpecError(f"{name} must be a whole number (got {value!r})") from None
 
 
+Item = tuple[torch.Tensor, dict[str, Any]]
+
+
+def _copy(item: Item) -> Item:
+    """A copy sharing no tensor with `item`, so a loop that edits one in place can't edit both."""
+    image, target = item
+    return image.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in target.items()}
+
+
+def _padded(items: Iterator[Item | None]) -> Iterator[Item]:
+    """`items` with each None (an item of a rejected image) replaced by a copy of the latest
+    item, or of the first one when none came yet, as DistributedSampler pads: so every rank
+    yields `len()` items and DDP's ranks step in lockstep to the end of the epoch."""
+    latest: Item | None = None
+    owed = 0
+    for item in items:
+        if item is None:
+            if latest is None:
+                owed += 1
+            else:
+                yield _copy(latest)
+            continue
+        yield item
+        latest = item
+        for _ in range(owed):
+            yield _copy(item)
+        owed = 0
+    if owed:
+        raise SpecError(
+            f"every image of this stream's share was rejected by the filters ({owed} items), "
+            "so even=True has nothing to pad with: check the model and the filter thresholds "
+            "(min_instances, clip_filter.threshold, max_retries), or pass even=False"
+        )
+
+
 class SynthStream(IterableDataset):  # type: ignore[type-arg]
     """The items of one split (or all: `split=None`) of a spec, generated while iterating.
 
     `spec`: a `Spec` or the path of a spec file (with `overrides`, as `--set key=value`).
     `batch_size`: images per generator call. `with_masks`: as in `SynthDetection`.
     `rank`, `world_size`: this process's share; default: `torch.distributed`'s, else 0 and 1.
-    `even`: every rank yields the same number of items (DDP steps in lockstep), so the last
-    `images % world_size` generated images of the split are left out; `even=False` yields all.
+    `even`: every rank yields `len()` items (DDP steps in lockstep), so the last
+    `images % world_size` generated images of the split are left out and a rejected image's
+    items are padded with copies of another; `even=False` yields each kept item once.
     """
 
     def __init__(
@@ -183,11 +221,20 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
     def __len__(self) -> int:
         """Items this rank yields per epoch (all its DataLoader workers together).
 
-        At most: an image a filter rejects after its retries (diffusion) yields nothing.
+        Exactly, with `even`; at most, without: an image the filters reject after its retries
+        (diffusion) then yields nothing.
         """
         return len(self._rank_images()) * self._k
 
-    def __iter__(self) -> Iterator[tuple[Any, dict[str, Any]]]:
+    def __iter__(self) -> Iterator[Item]:
+        items = self._generated_items()
+        if self.even:
+            return _padded(items)
+        return (item for item in items if item is not None)
+
+    def _generated_items(self) -> Iterator[Item | None]:
+        """This worker's items in order, with None for each item of an image that a filter
+        rejected after its retries (it has no labels)."""
         mine = self._mine()
         if not mine:
             return
@@ -218,13 +265,15 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         if in_flight is not None:
             yield from self._items(self._on_cuda(in_flight), seed)
 
-    def _items(self, samples: list[Sample], seed: int) -> Iterator[tuple[Any, dict[str, Any]]]:
-        """The torch items of generated `samples` (labeled, split into their variants)."""
+    def _items(self, samples: list[Sample], seed: int) -> Iterator[Item | None]:
+        """The torch items of generated `samples` (labeled, split into their variants); None
+        for each item of a rejected sample."""
         assert self._variants is not None
         if self._labeler is not None:
             samples = self._on_cuda(self._labeler.label, samples)
         for sample in samples:
             if sample.metadata.get("rejected"):  # failed every retry: never labeled
+                yield from [None] * self._k
                 continue
             split = self._split_names[self._split_ids[sample.index]]
             for out_index, item in self._variants.items(sample, seed=seed):
@@ -249,7 +298,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
                 "worker: pass num_workers=0 (the generator batches on the GPU itself)"
             ) from exc
 
-    def _as_torch(self, item: Sample, out_index: int, split: str) -> tuple[Any, dict[str, Any]]:
+    def _as_torch(self, item: Sample, out_index: int, split: str) -> Item:
         # Through the export's records, so labels are the ones a build writes (tight boxes of the
         # visible masks, 1e-4 px rounding, polygons when the spec exports them).
         records = sample_record(item, split, self.spec)["instances"]

@@ -224,3 +224,45 @@ def test_overrides_as_one_string_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text(small_spec(num_images=3).to_yaml())
     with pytest.raises(SpecError, match=r"give \['num_images=2'\]"):  # was: --set 'n': ...
         SynthStream(path, overrides="num_images=2")  # type: ignore[arg-type]
+
+
+class Rejecting:
+    """A scene generator whose images at `indices` fail their filters (as a diffusion scene
+    with too few instances after its retries would)."""
+
+    def __init__(self, generator: Any, indices: set[int]) -> None:
+        self.generator, self.indices = generator, indices
+
+    def generate(self, jobs: list[Any]) -> list[Any]:
+        samples = self.generator.generate(jobs)
+        for sample in samples:
+            if sample.index in self.indices:
+                sample.metadata["rejected"] = "too few instances"
+        return samples
+
+
+def test_even_pads_the_items_of_rejected_images_so_ranks_stay_in_step() -> None:
+    # 2 items per image
+    spec = small_spec(
+        num_images=8, augment={"preset": "light", "variants": 1, "keep_original": True}
+    )
+    plain = list(SynthStream(spec, None, rank=0, world_size=2))  # images 0, 2, 4, 6
+    assert [t["image_id"] for _, t in plain] == [1, 2, 5, 6, 9, 10, 13, 14]
+
+    def stream(rejected: set[int], even: bool) -> list[Item]:
+        share = SynthStream(spec, None, rank=0, world_size=2, even=even, batch_size=3)
+        share._generator = Rejecting(share._generator, rejected)
+        return list(share)
+
+    # even=False: what a build writes, the rejected image's items left out
+    assert_same_items(stream({2}, even=False), plain[:2] + plain[4:])
+    # even: len() items; a rejected image's items are copies of the latest item, or of the
+    # first to come when the share starts with rejected images
+    got = stream({2}, even=True)
+    assert len(got) == 8
+    assert_same_items(got, [*plain[:2], plain[1], plain[1], *plain[4:]])
+    assert got[2][0] is not got[1][0] and got[2][1]["boxes"] is not got[1][1]["boxes"]
+    assert_same_items(stream({0, 2}, even=True), [*[plain[4]] * 5, *plain[5:]])
+    with pytest.raises(SpecError, match="every image of this stream's share was rejected"):
+        stream({0, 2, 4, 6}, even=True)
+    assert stream({0, 2, 4, 6}, even=False) == []
