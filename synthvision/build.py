@@ -187,6 +187,13 @@ def generate_shard(
         )
         writer.write(out_index, encoded, suffix, sample_record(item, split, spec))
 
+    def write_variants(sample: Sample, split: str) -> int:
+        n = 0
+        for out_index, item in augmentation.items(sample, wanted):
+            write_item(out_index, item, split)
+            n += 1
+        return n
+
     def submit(samples: list[Sample]) -> None:
         if labeler is not None:
             samples = labeler.label(samples)
@@ -204,8 +211,11 @@ def generate_shard(
                             sample.metadata,
                         )
                 continue
-            for out_index, item in augmentation.items(sample, wanted):
-                background.submit(write_item, out_index, item, split)
+            # The variants are made on the writer thread too, not here: this thread is the one
+            # that feeds the GPU, which would wait for every augmentation of the batch before
+            # the next batch starts. One FIFO thread makes them in the same order, each from
+            # its own seed, so the bytes are the same.
+            background.submit(write_variants, sample, split)
 
     background = _OrderedWriter(tick, max_pending=2 * batch_size)
     # Generators with `generate_async` (the diffusion scenes) label a batch on threads while
@@ -237,28 +247,30 @@ class _OrderedWriter:
 
     Encoding (JPEG/PNG releases the GIL), mask encoding and file writes of one batch overlap the
     generation of the next. One FIFO worker keeps records in the same order and bytes as a
-    synchronous writer; at most `max_pending` items wait, so memory stays bounded.
+    synchronous writer; at most `max_pending` jobs (an item, or a sample's variants) wait, so
+    memory stays bounded.
     """
 
     def __init__(self, tick: Callable[[int], None] | None, max_pending: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthvision-writer")
-        self._pending: deque[Future[None]] = deque()
+        self._pending: deque[Future[int | None]] = deque()
         self._tick = tick
         self._max_pending = max(1, max_pending)
         self.done = 0
 
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+    def submit(self, fn: Callable[..., int | None], *args: Any) -> None:
         self._pending.append(self._pool.submit(fn, *args))
         while len(self._pending) > self._max_pending:
             self._finish_one()
 
     def _finish_one(self) -> None:
-        self._pending.popleft().result()  # re-raises the worker's error here
-        self.done += 1
-        if self._tick is not None:
-            self._tick(1)
+        written = self._pending.popleft().result()  # re-raises the worker's error here
+        n = 1 if written is None else int(written)  # a job returns how many items it wrote
+        self.done += n
+        if self._tick is not None and n:
+            self._tick(n)
 
     def close(self) -> None:
         try:

@@ -42,9 +42,8 @@ from synthvision.filters import (
     ClipScoreFilter,
     RetryPolicy,
     check_model_path,
-    decode_failures,
+    checked_uint8,
     retry_seed,
-    to_uint8,
 )
 from synthvision.generators.prompts import DEFAULT_ATTRIBUTES
 from synthvision.hub import cached_commit, follow_hub_progress_setting, local_files_only_for
@@ -663,8 +662,11 @@ class DiffusionEngine:
             # mates.
             decoded = self._decode(latents, fp32=False)[:n]
         t2 = self._clock()
-        failures = decode_failures(decoded, self.policy)
-        images = to_uint8(decoded)
+        # One wait for the host: checks and uint8 pixels in one pass; the maps, left on the
+        # device by `_latents` so the decode was queued behind the loop without a wait, are
+        # complete by then and copy without another.
+        failures, images = checked_uint8(decoded, self.policy)
+        maps = None if maps is None else maps.cpu()
         t3 = self._clock()
         self.timings["denoise"] += t1 - t0
         self.timings["decode"] += t2 - t1
@@ -680,8 +682,8 @@ class DiffusionEngine:
                     # whichever samples failed together).
                     extra += 1
                     dec32 = self._decode(latents[i : i + 1], fp32=True)
-                    failure = decode_failures(dec32, self.policy)[0]
-                    img = to_uint8(dec32)[0]
+                    fails32, imgs32 = checked_uint8(dec32, self.policy)
+                    failure, img = fails32[0], imgs32[0]
             if failure is None and self.loaded.safety_checker:
                 failure = self._nsfw(decoded[i : i + 1])
             m = None if maps is None else maps[i, : self._num_queries(requests[i])].numpy()
@@ -737,7 +739,8 @@ class DiffusionEngine:
     def _latents(
         self, requests: Sequence[GenRequest], capture: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Denoise a padded batch -> latents (B, C, h, w) and maps (B, Q, h, w) or None."""
+        """Denoise a padded batch -> latents (B, C, h, w) and maps (B, Q, h, w) or None, both
+        on the device (nothing here waits for the GPU)."""
         import torch
 
         h, w = requests[0].size_hw
@@ -747,7 +750,7 @@ class DiffusionEngine:
             if capture:
                 with store.capture(self._weights_tensor(requests), latent_hw):
                     latents = self._denoise(requests)
-                maps = store.maps()
+                maps = store.maps_on_device()
                 store.reset()
             else:
                 latents, maps = self._denoise(requests), None

@@ -90,6 +90,33 @@ class GligenEngine(DiffusionEngine):
             self._phrase_cache[phrase] = pipe.text_encoder(ids).pooler_output[0]
         return self._phrase_cache[phrase]
 
+    def _grounding(
+        self, requests: Sequence[GenRequest], dtype: torch.dtype, device: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GLIGEN inputs of a batch: boxes (n, 30, 4), phrase embeddings (n, 30, D), masks (n, 30).
+
+        Assembled on the host and sent in one copy each: a per-box assignment into a device
+        tensor is one blocking host-to-device copy per object (up to batch x 30 waits for the
+        GPU per batch). The values are the same.
+        """
+        import torch
+
+        n = len(requests)
+        dim = self.loaded.pipe.unet.config.cross_attention_dim
+        zero = torch.zeros(dim, device=device, dtype=dtype)
+        box_rows = [[0.0] * 4 for _ in range(n * MAX_OBJECTS)]
+        mask_rows = [0.0] * (n * MAX_OBJECTS)
+        emb_rows = [zero] * (n * MAX_OBJECTS)
+        for b, r in enumerate(requests):
+            phrases = list(r.extra.get("phrases", []))[:MAX_OBJECTS]
+            for k, phrase in enumerate(phrases):
+                emb_rows[b * MAX_OBJECTS + k] = self._phrase_embedding(phrase).to(dtype)
+                box_rows[b * MAX_OBJECTS + k] = [float(v) for v in r.extra["boxes"][k]]
+                mask_rows[b * MAX_OBJECTS + k] = 1.0
+        boxes = torch.tensor(box_rows, dtype=dtype).view(n, MAX_OBJECTS, 4).to(device)
+        masks = torch.tensor(mask_rows, dtype=dtype).view(n, MAX_OBJECTS).to(device)
+        return boxes, torch.stack(emb_rows).view(n, MAX_OBJECTS, dim), masks
+
     def _denoise(self, requests: Sequence[GenRequest]) -> torch.Tensor:
         import torch
 
@@ -112,16 +139,7 @@ class GligenEngine(DiffusionEngine):
         latents = pipe.prepare_latents(
             n, pipe.unet.config.in_channels, h, w, embeds.dtype, device, generators
         )
-        dim = pipe.unet.config.cross_attention_dim
-        boxes = torch.zeros(n, MAX_OBJECTS, 4, device=device, dtype=embeds.dtype)
-        phrase_emb = torch.zeros(n, MAX_OBJECTS, dim, device=device, dtype=embeds.dtype)
-        masks = torch.zeros(n, MAX_OBJECTS, device=device, dtype=embeds.dtype)
-        for b, r in enumerate(requests):
-            phrases = list(r.extra.get("phrases", []))[:MAX_OBJECTS]
-            for k, phrase in enumerate(phrases):
-                phrase_emb[b, k] = self._phrase_embedding(phrase).to(embeds.dtype)
-                boxes[b, k] = torch.tensor(r.extra["boxes"][k], dtype=embeds.dtype)
-                masks[b, k] = 1.0
+        boxes, phrase_emb, masks = self._grounding(requests, embeds.dtype, device)
         if cfg:  # the unconditional half gets no grounding, as in the pipeline
             boxes = torch.cat([boxes, boxes])
             phrase_emb = torch.cat([phrase_emb, phrase_emb])

@@ -142,18 +142,28 @@ class AttentionStore:
         """Aggregated maps (B, Q, h, w) on the latent grid, float32 on the CPU: the sum over
         captured layers and steps, each layer bilinearly upsampled first (DAAM). The scale is
         arbitrary; consumers normalise each map by its maximum."""
+        return self.maps_on_device().cpu()
+
+    def maps_on_device(self) -> torch.Tensor:
+        """`maps()` left on the buffers' device, so the caller chooses when to wait for it.
+
+        Why: summed where the buffers are, the maps cross to the host in one copy (one sync)
+        instead of one per layer resolution, and the engine can queue the VAE decode before
+        it waits. float32 additions in the same order give the same bits on either device.
+        """
         import torch
         import torch.nn.functional as F
 
         lh, lw = self.latent_hw
         b, q = (0, 0) if self.weights is None else self.weights.shape[:2]
-        acc = torch.zeros((b, q, lh, lw))
+        device = None if self.weights is None else self.weights.device
+        acc = torch.zeros((b, q, lh, lw), device=device)
         for f, buf in self.buffers.items():
             h, w = self._grid(f)
             grid = buf.reshape(b, q, h, w)
             if (h, w) != (lh, lw):
                 grid = F.interpolate(grid, size=(lh, lw), mode="bilinear", align_corners=False)
-            acc = acc + grid.float().cpu()
+            acc = acc + grid.float()
         return acc
 
 
@@ -525,4 +535,7 @@ def query_maps(
         values = F.pad(chunk, (0, d - width)).unsqueeze(1).expand(b, h, -1, d)  # (B, H, T, d)
         per_head = F.scaled_dot_product_attention(query, key, values, scale=scale)  # (B,H,N,d)
         out.append(per_head[..., :width].float().mean(dim=1))  # (B, N, width)
-    return torch.cat(out, dim=2).transpose(1, 2)  # (B, Q, N)
+    # One chunk (Q <= d, the usual case) needs no cat: in eager mode that would be one more
+    # (B, N, Q) copy per layer call and step.
+    joined = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+    return joined.transpose(1, 2)  # (B, Q, N)

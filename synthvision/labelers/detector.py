@@ -222,15 +222,18 @@ class DetectorLabeler:
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
             out = self.model(**inputs)
-        q_scores = out.logits.float().sigmoid()  # (B, P, Qtext)
+        # The whole batch crosses to the host at once: two copies (and waits) per batch, not
+        # two per image.
+        q_scores = out.logits.float().sigmoid().cpu().numpy()  # (B, P, Qtext)
+        pred_boxes = out.pred_boxes.float().cpu().numpy()  # (B, P, 4)
         out_list = []
         for i, img in enumerate(images):
             h, w = img.shape[:2]
             # OWLv2 pads images to a square (bottom/right) before resizing: boxes are relative to
             # the padded side; OWL-ViT resizes without padding.
             scale = [max(h, w)] * 4 if self.family == "owlv2" else [w, h, w, h]
-            boxes = _cxcywh_to_xyxy(out.pred_boxes[i].float().cpu().numpy()) * np.array(scale)
-            out_list.append((boxes, self._per_class(q_scores[i].cpu().numpy())))
+            boxes = _cxcywh_to_xyxy(pred_boxes[i]) * np.array(scale)
+            out_list.append((boxes, self._per_class(q_scores[i])))
         return out_list
 
     def _grounding_dino(self, images: list[npt.NDArray[np.uint8]]) -> list[tuple[Any, Any]]:
@@ -259,6 +262,7 @@ class DetectorLabeler:
         with torch.inference_mode():
             out = self.model(**inputs)
         logits = out.logits.float().sigmoid().cpu().numpy()  # (B, P, max_text_len)
+        pred_boxes = out.pred_boxes.float().cpu().numpy()  # (B, P, 4): one copy per batch
         out_list = []
         for i, img in enumerate(images):
             h, w = img.shape[:2]
@@ -268,9 +272,7 @@ class DetectorLabeler:
                 cols = cols[cols < logits.shape[2]]
                 if cols.size:
                     q_scores[:, q] = logits[i][:, cols].max(axis=1)
-            boxes = _cxcywh_to_xyxy(out.pred_boxes[i].float().cpu().numpy()) * np.array(
-                [w, h, w, h]
-            )
+            boxes = _cxcywh_to_xyxy(pred_boxes[i]) * np.array([w, h, w, h])
             out_list.append((boxes, self._per_class(q_scores)))
         return out_list
 
