@@ -205,3 +205,45 @@ def test_augmentations_run_on_the_writer_thread(
     assert result.generated == 8
     assert len(threads) == 8 and all(t.startswith("synthvision-writer") for t in threads)
     assert dataset_digests(tmp_path / "out") == dataset_digests(tmp_path / "ref")
+
+
+def test_the_float32_retry_of_a_failed_decode_runs_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bf16 decode that fails is redone in float32 on the uncompiled decoder: on a compiled
+    one, its new dtype and batch size would trace and compile a second graph."""
+    params = dif.PipelineParams(
+        model=tiny_models.sd_model(),
+        device="cpu",
+        dtype="bfloat16",
+        channels_last=True,  # a load key no other test uses: this pipeline's decoder is compiled
+        steps=2,
+        batch_size=2,
+    )
+    key = params.load_key() + "|auto"
+    dif._PIPELINES.pop(key, None)
+    loaded = dif.load_pipeline(params, "test")
+    graphs: list[Any] = []
+
+    def backend(gm: Any, _inputs: Any) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    vae = loaded.pipe.vae
+    vae.decoder.compile(backend=backend)
+    real = vae.decode
+
+    def decode(z: Any, return_dict: bool = True) -> Any:
+        out = real(z, return_dict=False)[0]
+        if vae.dtype != torch.float32:  # every half-precision decode fails
+            out = torch.full_like(out, float("nan"))
+        return (out,)
+
+    monkeypatch.setattr(vae, "decode", decode)
+    try:
+        out = dif.DiffusionEngine(loaded, params, "test")._batch([_request(1), _request(2)])
+        assert [(o.failure, o.extra_decodes) for o in out] == [(None, 1), (None, 1)]
+        assert len(graphs) == 1  # the bf16 batch's decoder graph; the retries traced none
+        assert vae.dtype == torch.bfloat16
+    finally:
+        dif._PIPELINES.pop(key, None)
+        torch._dynamo.reset()

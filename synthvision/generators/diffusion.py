@@ -802,9 +802,13 @@ class DiffusionEngine:
             upcast = fp32 or (orig == torch.float16 and bool(getattr(cfg, "force_upcast", False)))
             if upcast and orig != torch.float32:
                 vae.to(torch.float32)
+            # The float32 retry of one failed image runs eagerly: on a compiled decoder its new
+            # dtype and batch size would trace (and compile, for minutes) a graph of its own.
+            stance = torch.compiler.set_stance("force_eager") if fp32 else nullcontext()
             try:
                 target = torch.float32 if upcast else orig
-                return vae.decode(lat.to(target), return_dict=False)[0]  # type: ignore[no-any-return]
+                with stance:
+                    return vae.decode(lat.to(target), return_dict=False)[0]  # type: ignore[no-any-return]
             finally:
                 if upcast and orig != torch.float32:
                     vae.to(orig)
