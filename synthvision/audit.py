@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +82,14 @@ class TorchScriptFeatures:
         if not p.is_file():
             raise SpecError(f"--features: {p} is not a file (give 'pixels' or a TorchScript .pt)")
         try:
-            self.module = torch.jit.load(str(p), map_location=device).eval()
+            with (
+                warnings.catch_warnings()
+            ):  # torch's deprecation of jit.load: not the user's to fix
+                warnings.simplefilter("ignore", FutureWarning)
+                self.module = torch.jit.load(str(p), map_location=device).eval()
         except RuntimeError as exc:
-            raise SpecError(f"--features: {p} is not a TorchScript module ({exc})") from None
+            why = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else exc
+            raise SpecError(f"--features: {p} is not a TorchScript module ({why})") from None
         self.size, self.device = size, device
 
     def __call__(self, crops: Sequence[RGBA]) -> npt.NDArray[np.float32]:
@@ -320,6 +326,7 @@ def audit_run(
     if "source" not in info:
         raise SpecError(f"{info_path}: no data source recorded (trained from arrays?)")
     names: list[str] = list(info["class_names"])
+    extractor = load_feature_extractor(features, feature_size, "cpu")  # a bad path fails now
     crops = load_crops(DataSource.from_dict(info["source"]))
     held_keys = set(info.get("heldout_keys", []))
     train = [c for c in crops if c.key not in held_keys and c.class_name in names]
@@ -347,7 +354,6 @@ def audit_run(
     # Compare at the model's resolution: real crops go through the same square fitting.
     train_sq = [to_square(c.rgba, res) for c in train]
     held_sq = [to_square(c.rgba, res) for c in held]
-    extractor = load_feature_extractor(features, feature_size, "cpu")
     result = audit_memorization(
         gen_crops,
         train_sq,

@@ -42,7 +42,13 @@ from synthvision.formats.images import IMAGE_SUFFIX, encode_image, write_bytes_a
 from synthvision.formats.records import instances_from_records
 from synthvision.formats.yolo import write_data_yaml, yolo_label_text
 from synthvision.generators import SceneGenerator
-from synthvision.outdir import MANIFEST, prepare_output_dir, release_output_dir, remove_stale_tmp
+from synthvision.outdir import (
+    MANIFEST,
+    prepare_output_dir,
+    read_manifest,
+    release_output_dir,
+    remove_stale_tmp,
+)
 from synthvision.plan import ImageJob, plan_jobs, planned_class_counts
 from synthvision.progress import progress_bar
 from synthvision.shards import RECORDS_FILE, SHARDS_DIR, RecordIndex, ShardWriter, scan_records
@@ -454,7 +460,7 @@ def build(
         if not resumed or not (out / "spec.yaml").exists():
             write_bytes_atomic(out / "spec.yaml", spec.to_yaml().encode())
         if manifest_path.exists():
-            return resumed, json.loads(manifest_path.read_text()), None
+            return resumed, read_manifest(manifest_path), None
         # One scan, shared with every rank: all compute their shares from the same state
         # (no rank writes before the broadcast), and N ranks do not re-read every record.
         finished = scan_records(out, num_items).finished

@@ -101,8 +101,10 @@ def _describe(exc: BaseException) -> str:
 def build(
     spec: Annotated[Path, typer.Argument(help="YAML spec of the dataset (see configs/).")],
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Output directory (default: outputs/<spec name>)."),
+        str | None,  # not Path: Path("") is ".", and an empty --out must not mean the cwd
+        typer.Option(
+            "--out", "-o", metavar="DIR", help="Output directory (default: outputs/<spec name>)."
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -125,9 +127,11 @@ def build(
     from synthvision.config import load_spec
     from synthvision.distributed import RankFailedError, launch_rank, process_context, shutdown
     from synthvision.hub import hide_loading_bars
+    from synthvision.outdir import output_path
 
     try:
         spec_obj = load_spec(spec, set_ or [])
+        out_dir = output_path(out, "--out") if out is not None else Path("outputs") / spec_obj.name
     except SpecError:
         # Every rank of a launch reads the same spec: the rank-0 process alone says what is
         # wrong (README: "a bad spec is reported once"), the others exit with the same code.
@@ -137,7 +141,6 @@ def build(
             time.sleep(3)  # the launcher stops every rank once one exits: let rank 0 print first
             raise typer.Exit(2) from None
         raise
-    out_dir = out if out is not None else Path("outputs") / spec_obj.name
     ctx = process_context()  # one process, or this rank of `accelerate launch` / torchrun
     if not (progress and ctx.is_main):
         hide_loading_bars()  # model loading bars too: no output nobody reads
@@ -227,16 +230,20 @@ def validate(
 def preview(
     dataset: Annotated[Path, typer.Argument(help="A directory written by `synthvision build`.")],
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="PNG to write (default: DATASET/preview.png)."),
+        str | None,  # not Path: Path("") is "."
+        typer.Option(
+            "--out", "-o", metavar="PNG", help="PNG to write (default: DATASET/preview.png)."
+        ),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Only images of this split.")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Number of images in the grid.")] = 16,
 ) -> None:
     """Draw a PNG grid of DATASET's images with boxes, masks and class names."""
+    from synthvision.outdir import output_path
     from synthvision.preview import preview_dataset
 
-    path = preview_dataset(dataset, out, split=split, num=num)
+    png = output_path(out, "--out", "a PNG file") if out is not None else None
+    path = preview_dataset(dataset, png, split=split, num=num)
     typer.echo(f"preview: {path}")
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import typing
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,13 +48,20 @@ class ClassSpec(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     prompts: list[str] = Field(default_factory=list)
     count: PositiveInt | None = None
-    weight: Annotated[float, Field(gt=0.0)] | None = None
+    # Finite: an infinite weight makes the class CDF NaN, and every object the first class.
+    weight: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        # Class names end up in file contents (data.yaml) and possibly file names: keep them tame.
-        if v.strip() != v or any(c in v for c in "/\\\n\r\t\0") or v in (".", ".."):
+        # Class names end up in file contents (data.yaml), previews and terminals, and possibly
+        # file names: keep them tame. Control characters (Unicode Cc, e.g. ESC) included.
+        if (
+            v.strip() != v
+            or any(c in v for c in "/\\")
+            or any(unicodedata.category(c) == "Cc" for c in v)
+            or v in (".", "..")
+        ):
             raise ValueError("must be a plain name without slashes, control characters or padding")
         return v
 
@@ -121,7 +130,7 @@ class AugmentSpec(_Strict):
     variants: Annotated[int, Field(ge=1, le=100)] = 1
     keep_original: bool = False
     min_visibility: Fraction = 0.3
-    min_area_px: Annotated[float, Field(ge=0.0)] = 16.0
+    min_area_px: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 16.0  # inf drops all
 
     @model_validator(mode="after")
     def _one_source(self) -> AugmentSpec:
@@ -183,6 +192,17 @@ class Spec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"class names must be unique (repeated: {', '.join(dupes)})")
+        # "é" typed as one character or as "e" + accent: two classes that look the same.
+        nfc = [unicodedata.normalize("NFC", n) for n in names]
+        lookalike = sorted({n for n, k in zip(names, nfc, strict=True) if nfc.count(k) > 1})
+        if lookalike:
+            raise ValueError(
+                "class names must differ in more than their Unicode normalization "
+                f"(repeated: {', '.join(map(ascii, lookalike))}); type them the same way"
+            )
+        weights = [c.weight for c in v if c.weight is not None]
+        if not math.isfinite(sum(weights)):  # each is finite; their sum may overflow
+            raise ValueError("class weights are too large: their sum overflows; scale them down")
         with_count = sum(c.count is not None for c in v)
         if 0 < with_count < len(v):
             raise ValueError("either every class has a count or none has (use weight instead)")
@@ -307,6 +327,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set num_images=100")
         parts = key.strip().split(".")
+        if not all(parts):  # "a..b" or ".a": an empty key would be reported with no name
+            raise SpecError(f"--set {item!r}: a key part is empty; write keys like layout.max_iou")
         node: Any = data
         model: Any = Spec  # the spec model `node` is an instance of (None: free-form params)
         for depth, part in enumerate(parts):
@@ -389,7 +411,8 @@ def load_spec_dict(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = str(getattr(exc, "problem", None) or exc).strip().splitlines()[0]  # one line
+        raise SpecError(f"{p}: not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise SpecError(f"{p}: not a UTF-8 text file") from None
     if data is None:

@@ -91,7 +91,7 @@ def resolve_source(
     if kind == "procedural" or (kind == "auto" and data == "procedural"):
         return DataSource(kind="procedural", **common)
     p = Path(data)
-    if not p.exists():
+    if not data.strip() or not p.exists():  # Path("") is ".": an empty DATA is not the cwd
         raise SpecError(
             f"training data {data!r} does not exist (give a COCO instances JSON, a COCO or YOLO "
             "dataset folder, or 'procedural')"
@@ -103,15 +103,28 @@ def resolve_source(
     if p.is_dir() and (p / "coco" / "annotations").is_dir():  # a synthvision build folder
         p = p / "coco"
     if p.is_dir():  # a COCO dataset folder: annotations/instances*.json
+        from synthvision.formats.coco import coco_split_name
+
         found = (
             sorted((p / "annotations").glob("instances*.json"))
             if (p / "annotations").is_dir()
             else []
         )
-        preferred = [f for f in found if split in f.name] or found
-        if not preferred:
+        if not found:
             raise SpecError(
                 f"{data}: found neither data.yaml (YOLO) nor annotations/instances*.json (COCO)"
+            )
+        # The file of --split (instances_train2017.json is "train"); never another split's file
+        # in silence: training on val when asked for train would also leak it into the audit.
+        names = {f: coco_split_name(f) for f in found}
+        preferred = [f for f in found if names[f] == split] or [
+            f for f in found if names[f].startswith(split)
+        ]
+        if not preferred:
+            have = ", ".join(names.values())
+            raise SpecError(
+                f"{data}: no COCO annotations of split {split!r} (it has: {have}); "
+                "choose one with --split"
             )
         p = preferred[0]
     if p.suffix.lower() != ".json":

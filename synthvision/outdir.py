@@ -12,6 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from synthvision.errors import OutputDirError
 from synthvision.folder_lock import LOCK as LOCK  # re-exported
@@ -32,12 +33,34 @@ _TMP_NAME = re.compile(r"^\..+\.tmp")  # leftovers of atomic writes (tmp + renam
 _COCO_ANNOTATIONS = re.compile(r"^instances_[^/]+\.json$")
 
 
+def output_path(text: str, option: str, what: str = "the output folder") -> Path:
+    """The output path the user typed. An empty one is an error, not the current directory
+    (`Path("")` is "."): a build or report would land among the files of the working folder."""
+    if not text.strip():
+        raise OutputDirError(f"{option} is empty; give the path of {what}")
+    return Path(text)
+
+
 def read_marker(out_dir: Path) -> dict[str, str] | None:
     try:
         data = json.loads((out_dir / MARKER).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a finished run; a damaged one is named, with the way to rewrite it."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        manifest = exc
+    if not isinstance(manifest, dict):
+        raise OutputDirError(
+            f"{path} is damaged (not a JSON object); delete it and re-run the same command: the "
+            "finished work is kept and the manifest is written again"
+        )
+    return manifest
 
 
 def _own_files_in(folder: Path, pattern: re.Pattern[str]) -> list[Path]:

@@ -26,6 +26,7 @@ def preview_dataset(
         raise SpecError(f"dataset directory {str(dataset)!r} does not exist")
     if num < 1:
         raise SpecError(f"--num must be at least 1 (got {num})")
+    _check_out(out if out is not None else dataset / "preview.png", dataset)
     tiles: list[np.ndarray] = []
     captions: list[str] = []
     coco_files = sorted((dataset / "coco" / "annotations").glob("instances_*.json"))
@@ -71,8 +72,48 @@ def preview_dataset(
             f"{dataset}: no images to preview" + (f" in split {split!r}" if split else "")
         )
     path = out if out is not None else dataset / "preview.png"
-    save_preview(path, tiles, captions=captions)
+    try:
+        save_preview(path, tiles, captions=captions)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:  # not the dataset's fault
+        on_path = isinstance(exc, (FileExistsError, NotADirectoryError))
+        why = "a folder on its path is a file" if on_path else exc.strerror
+        raise SpecError(
+            f"cannot write --out {str(path)!r}: {why}; choose a writable --out"
+        ) from None
     return path
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DATASET_TREES = ("coco", "yolo", "shards")
+
+
+def _check_out(out: Path, dataset: Path) -> None:
+    """The preview replaces an earlier preview, never another file, and stays out of the
+    dataset's own trees, where a consumer would take it for part of the dataset (Ultralytics
+    trains on every image under yolo/images/train)."""
+    if out.suffix.lower() != ".png":
+        raise SpecError(f"--out {str(out)!r}: give a file name ending in .png (a PNG is written)")
+    if out.is_dir():
+        raise SpecError(f"--out {str(out)!r} is a folder; give the path of a .png file")
+    if out.exists() or out.is_symlink():
+        try:
+            with open(out, "rb") as f:
+                is_png = f.read(len(_PNG_SIGNATURE)) == _PNG_SIGNATURE
+        except OSError:
+            is_png = False
+        if not is_png:
+            raise SpecError(
+                f"--out {str(out)!r} exists and is not a PNG image, so it is not an earlier "
+                "preview; choose another --out (the file is left as it is)"
+            )
+    target = out.resolve()
+    for tree in _DATASET_TREES:
+        root = (dataset / tree).resolve()
+        if target == root or root in target.parents:
+            raise SpecError(
+                f"--out {str(out)!r} is inside the dataset's {tree}/ folder, where it would be "
+                "read as part of the dataset; write the preview elsewhere"
+            )
 
 
 def _draw(path: Path, instances, names) -> np.ndarray:  # type: ignore[no-untyped-def]

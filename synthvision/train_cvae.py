@@ -103,7 +103,9 @@ class TrainConfig:
         n = len(self.block_out_channels)
         problems = []
         div = self.patch_size * 2**n
-        if self.patch_size < 1 or self.resolution < 8 or self.resolution % div:
+        if self.patch_size < 1:
+            problems.append(f"--patch-size must be at least 1 (got {self.patch_size})")
+        elif self.resolution < 8 or self.resolution % div:
             problems.append(
                 f"--resolution {self.resolution} must be >= 8 and divisible by --patch-size x "
                 f"2**{n} = {div} (one halving per entry of --channels)"
@@ -112,8 +114,18 @@ class TrainConfig:
             problems.append(f"--channels must be positive multiples of {self.norm_num_groups}")
         if self.epochs < 1 or self.batch_size < 1:
             problems.append("--epochs and --batch-size must be at least 1")
-        if self.lr <= 0 or self.beta < 0 or self.free_bits < 0 or self.latent_dim < 1:
-            problems.append("--lr must be > 0, --beta and --free-bits >= 0, --latent-dim >= 1")
+        # Written so that NaN fails too: a NaN loss trains a model of NaN weights without a word.
+        if not (
+            0 < self.lr < math.inf
+            and 0 <= self.beta < math.inf
+            and 0 <= self.free_bits < math.inf
+            and self.latent_dim >= 1
+        ):
+            problems.append(
+                "--lr must be > 0, --beta and --free-bits >= 0 (finite numbers), --latent-dim >= 1"
+            )
+        if self.seed < 0:
+            problems.append(f"--seed must be >= 0 (got {self.seed})")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             problems.append(f"--device must be auto, cpu or cuda (got {self.device!r})")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -224,6 +236,8 @@ def _epoch_order(
 
 def _refuse_foreign_output(out: Path) -> None:
     """Train only into a new or empty folder, or one an earlier train-cvae run wrote."""
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--output {str(out)!r} is a file; give a folder for the trained model")
     if not out.is_dir() or not any(p.name != LOCK for p in out.iterdir()):
         return
     if (out / "training.json").is_file() or (out / CHECKPOINT_SUBDIR).is_dir():

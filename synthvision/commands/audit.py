@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -45,9 +46,12 @@ def audit_command(
     seed: Annotated[int, typer.Option(help="Seed of the generated samples.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     output: Annotated[
-        Path | None,
+        str | None,  # not Path: Path("") is ".", and an empty --output must not mean the cwd
         typer.Option(
-            "--output", "-o", help="Folder for the audit report (default: RUN_DIR/audit)."
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Folder for the audit report (default: RUN_DIR/audit).",
         ),
     ] = None,
     fail_on_flag: Annotated[
@@ -61,18 +65,32 @@ def audit_command(
     """
     from synthvision.audit import audit_run
     from synthvision.generators.cvae import BUILTIN_CHECKPOINT
+    from synthvision.outdir import output_path
 
-    if samples_per_class < 1 or not 0 < percentile < 100 or flag_ratio <= 0 or pairs < 0:
+    # Written so that NaN fails too: a NaN temperature or ratio gives a reassuring verdict.
+    if (
+        samples_per_class < 1
+        or not 0 < percentile < 100
+        or not 0 < flag_ratio < math.inf
+        or pairs < 0
+    ):
         raise SpecError(
             "--samples-per-class must be >= 1, --percentile in (0, 100), --flag-ratio > 0, "
             "--pairs >= 0"
         )
+    if not 0 <= temperature < math.inf or feature_size < 1 or seed < 0:
+        # 0 is allowed: each class's mean, as with the cvae object source's temperature
+        raise SpecError("--temperature must be >= 0 (finite), --feature-size >= 1, --seed >= 0")
+    out_given = output_path(output, "--output") if output is not None else None
+    if out_given is not None and out_given.exists() and not out_given.is_dir():
+        # Found now, not after minutes of sampling when the report is written.
+        raise SpecError(f"--output {output!r} is a file; give a folder for the audit report")
     if str(run_dir) == "builtin" and not run_dir.exists():
         # The shipped checkpoint lives in the installed package: never write the report there.
         run_dir, default_output = BUILTIN_CHECKPOINT, Path("cvae-builtin-audit")
     else:
         default_output = run_dir / "audit"
-    output = output or default_output
+    out_dir = out_given or default_output
     result, report = audit_run(
         run_dir,
         samples_per_class=samples_per_class,
@@ -85,9 +103,9 @@ def audit_command(
         pairs=pairs,
         seed=seed,
         device=device,
-        output_dir=output,
+        output_dir=out_dir,
     )
     typer.echo(report["verdict"])
-    typer.echo(f"wrote {output / 'audit.json'} and {output / 'nearest_pairs.png'}")
+    typer.echo(f"wrote {out_dir / 'audit.json'} and {out_dir / 'nearest_pairs.png'}")
     if fail_on_flag and result.flagged:
         raise typer.Exit(1)

@@ -165,7 +165,11 @@ def _yolo_has_polygons(labels_dir: Path) -> bool:
     if not labels_dir.is_dir():
         return False
     for label in sorted(labels_dir.glob("*.txt")):
-        for line in label.read_text(encoding="utf-8").splitlines():
+        try:
+            text = label.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise SpecError(f"{label}: not a UTF-8 text file of label rows") from None
+        for line in text.splitlines():
             if line.strip():
                 return len(line.split()) > 5  # first row decides: files never mix row kinds
     return False
@@ -214,6 +218,11 @@ def detect_source(src: Path, images: Path | None = None, fmt: str = "auto") -> S
         if src.suffix.lower() == ".json" and fmt != "yolo":
             return _read_coco([src], images)
         if src.suffix.lower() in (".yaml", ".yml") and fmt != "coco":
+            if src.name != "data.yaml":  # the reader takes the folder's data.yaml, not this file
+                raise SpecError(
+                    f"{src}: a YOLO dataset is read from its folder's data.yaml (with images/ and "
+                    "labels/ beside it); give that folder, or name this file data.yaml"
+                )
             return _read_yolo(src.parent)
         raise SpecError(f"{src}: give a COCO .json file, a YOLO data.yaml, or a dataset folder")
     coco_root = src / "coco" if (src / "coco").is_dir() else src  # a synthvision build folder
@@ -252,7 +261,9 @@ def _fingerprint(payload: dict[str, Any]) -> str:
 
 
 def _refuse_overlap(src: Path, images: Path | None, out: Path) -> None:
-    """OUT may not hold the source: writing (or --overwrite clearing) OUT would destroy it."""
+    """OUT may not hold the source: writing (or --overwrite clearing) OUT would destroy it.
+    Nor may it lie inside the source's folder: its images would join the source dataset (under
+    images/train, Ultralytics trains on them) and a later augment of SRC would read them."""
     target = out.resolve()
     for given in (src, images):
         if given is None:
@@ -262,6 +273,20 @@ def _refuse_overlap(src: Path, images: Path | None, out: Path) -> None:
             raise SpecError(
                 f"the output {str(out)!r} holds the source dataset {str(given)!r}: augmenting "
                 "into it would overwrite the source; choose an OUT outside the source"
+            )
+        folder = (
+            path
+            if path.is_dir()
+            else path.parent.parent  # root/annotations/instances_*.json
+            if path.parent.name == "annotations"
+            else path.parent
+            if path.name == "data.yaml"
+            else None  # a lone COCO file: its folder is not known to be a dataset
+        )
+        if folder is not None and folder in target.parents:
+            raise SpecError(
+                f"the output {str(out)!r} is inside the source dataset's folder {str(folder)!r}: "
+                "its files would be added to the source; choose an OUT outside the source"
             )
 
 
@@ -306,6 +331,7 @@ def augment_dataset(
     from synthvision.outdir import (
         MANIFEST,
         prepare_output_dir,
+        read_manifest,
         release_output_dir,
         remove_own_outputs,
         remove_stale_tmp,
@@ -319,6 +345,8 @@ def augment_dataset(
         raise SpecError("give --preset NAME or --pipeline FILE (an albumentations YAML/JSON)")
     if image_format not in ("jpeg", "png"):
         raise SpecError(f"--image-format must be jpeg or png, got {image_format!r}")
+    if seed < 0:  # found here, not by numpy once OUT is half-written
+        raise SpecError(f"--seed must be >= 0 (got {seed})")
     fields: dict[str, Any] = {"variants": variants, "keep_original": keep_original}
     # Only options the user gave count as explicit: a pipeline saved by Augmenter.save keeps
     # its own box settings otherwise (Augmenter.from_spec), as in a build spec.
@@ -370,8 +398,7 @@ def augment_dataset(
     resumed = prepare_output_dir(out, _fingerprint(settings), overwrite, option="OUT")
     try:
         if resumed and (out / MANIFEST).is_file():  # the same run already finished: nothing to do
-            done: dict[str, Any] = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-            return done
+            return read_manifest(out / MANIFEST)
         # Partial outputs of an earlier run of these settings; the user's own files stay.
         remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
         remove_stale_tmp(out)
@@ -513,7 +540,10 @@ def augment_command(
             "folder with data.yaml, or a synthvision build folder."
         ),
     ],
-    out: Annotated[Path, typer.Argument(help="Output folder (COCO + YOLO).")],
+    out: Annotated[
+        str,  # not Path: Path("") is ".", and an empty OUT must not mean the cwd
+        typer.Argument(metavar="OUT", help="Output folder (COCO + YOLO)."),
+    ],
     preset: Annotated[
         str | None,
         typer.Option(help="light, medium, heavy, weather, night, camera or viewpoint."),
@@ -561,6 +591,9 @@ def augment_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Augment an existing COCO or YOLO dataset SRC into a new dataset OUT (COCO + YOLO)."""
+    from synthvision.outdir import output_path
+
+    out_dir = output_path(out, "OUT")
     if coco_masks not in (None, "rle", "polygon", "none"):
         raise SpecError(f"--coco-masks must be rle, polygon or none, got {coco_masks!r}")
     if yolo_task not in (None, "detect", "segment"):
@@ -569,7 +602,7 @@ def augment_command(
         raise SpecError("--image-format must be jpeg or png, --jpeg-quality in 1..100")
     manifest = augment_dataset(
         src,
-        out,
+        out_dir,
         preset=preset,
         pipeline_file=pipeline_file,
         variants=variants,
@@ -589,7 +622,7 @@ def augment_command(
     counts = manifest["counts"]
     per_split = ", ".join(f"{k} {v}" for k, v in counts["images"].items() if k != "total")
     typer.echo(
-        f"dataset: {out}  ({counts['images']['total']} images from {counts['source_images']} "
+        f"dataset: {out_dir}  ({counts['images']['total']} images from {counts['source_images']} "
         f"{manifest['source_format'].upper()} images: {per_split}; "
         f"{counts['instances']['total']} instances, {counts['dropped_instances']} dropped)"
     )
@@ -598,6 +631,6 @@ def augment_command(
             f"  note: {counts['crowd_regions_not_carried']} crowd region(s) (iscrowd: 1) of the "
             "source are not carried over: they mark groups, not instances to train on"
         )
-    typer.echo(f"  COCO:    {out / 'coco' / 'annotations'}")
-    typer.echo(f"  YOLO:    {out / 'yolo' / 'data.yaml'}")
-    typer.echo(f"  manifest: {out / 'manifest.json'}")
+    typer.echo(f"  COCO:    {out_dir / 'coco' / 'annotations'}")
+    typer.echo(f"  YOLO:    {out_dir / 'yolo' / 'data.yaml'}")
+    typer.echo(f"  manifest: {out_dir / 'manifest.json'}")

@@ -5,7 +5,6 @@ Only typer and the standard library at import time; torch is imported when the c
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -44,7 +43,10 @@ def train_cvae_command(
         ),
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for the model, samples, checkpoints.")
+        str,  # not Path: Path("") is ".", and an empty --output must not mean the cwd
+        typer.Option(
+            "--output", "-o", metavar="DIR", help="Folder for the model, samples, checkpoints."
+        ),
     ],
     data_format: Annotated[
         str, typer.Option("--format", help="auto, coco, yolo or procedural.")
@@ -102,7 +104,10 @@ def train_cvae_command(
     Re-running the same command resumes from the last epoch checkpoint.
     """
     from synthvision.crops import resolve_source
+    from synthvision.outdir import output_path
     from synthvision.train_cvae import TrainConfig, train_cvae
+
+    output_dir = output_path(output, "--output")
 
     if threads < 0:
         raise SpecError("--threads must be >= 0")
@@ -143,7 +148,9 @@ def train_cvae_command(
         mixed_precision=mixed_precision,
         checkpoint_every=checkpoint_every,
     )
-    result = train_cvae(source, output, config, resume=resume, progress=progress, log=typer.echo)
+    result = train_cvae(
+        source, output_dir, config, resume=resume, progress=progress, log=typer.echo
+    )
     if not result.is_main_process:
         return
     typer.echo(

@@ -141,7 +141,11 @@ def read_class_map(data_yaml: str | os.PathLike[str]) -> ClassMap:
     path = Path(data_yaml)
     if not path.is_file():
         raise SpecError(f"{path} does not exist: a YOLO dataset needs a data.yaml")
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = str(getattr(exc, "problem", None) or exc).strip().splitlines()[0]  # one line
+        raise SpecError(f"{path}: not valid YAML ({problem}); fix the file") from None
     names = doc.get("names") if isinstance(doc, dict) else None
     if isinstance(names, list):
         return ClassMap(tuple(str(n) for n in names))
@@ -172,10 +176,17 @@ def parse_label_text(text: str, size_hw: tuple[int, int], source: str = "label")
         if not tokens:
             continue
         try:
-            cid = int(float(tokens[0]))
+            cid_value = float(tokens[0])
             vals = [float(t) for t in tokens[1:]]
         except ValueError:
             raise SpecError(f"{source}:{line_no}: not numbers: {line.strip()!r}") from None
+        # A damaged row is an error, not a box: int() would read class 1.5 as 1, and NaN
+        # coordinates would become a label that silently vanishes.
+        if not (cid_value.is_integer() and cid_value >= 0):
+            raise SpecError(f"{source}:{line_no}: class {tokens[0]!r} is not an id 0, 1, 2, ...")
+        if not all(np.isfinite(vals)):
+            raise SpecError(f"{source}:{line_no}: coordinates must be finite numbers (got NaN/inf)")
+        cid = int(cid_value)
         if len(vals) == 4:
             cx, cy, bw, bh = vals
             xyxy = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
@@ -202,8 +213,11 @@ def parse_label_text(text: str, size_hw: tuple[int, int], source: str = "label")
 
 def image_size_hw(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(H, W) from the image header, without decoding pixels."""
-    with Image.open(path) as im:
-        w, h = im.size
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{path}: cannot read the image ({exc})") from None
     return int(h), int(w)
 
 
@@ -232,7 +246,10 @@ def load_yolo(
         for image_path in list_images(images_dir):
             size_hw = image_size_hw(image_path)
             label_path = labels_dir / (image_path.stem + ".txt")
-            text = label_path.read_text(encoding="utf-8") if label_path.is_file() else ""
+            try:
+                text = label_path.read_text(encoding="utf-8") if label_path.is_file() else ""
+            except UnicodeDecodeError:
+                raise SpecError(f"{label_path}: not a UTF-8 text file of label rows") from None
             records = parse_label_text(text, size_hw, source=str(label_path))
             inst = instances_from_records(records, size_hw, with_masks=with_masks)
             yield YoloImage(image_path.name, size_hw, inst)
