@@ -312,7 +312,7 @@ def audit_run(
     """
     from synthvision import randomness
     from synthvision.crops import DataSource, load_crops
-    from synthvision.devices import resolve_device
+    from synthvision.devices import model_device
     from synthvision.generators.cvae import load_cvae
     from synthvision.train_cvae import TRAINING_FILE, to_uint8
 
@@ -336,7 +336,7 @@ def audit_run(
             c for c in load_crops(DataSource.from_dict(heldout_source)) if c.class_name in names
         ]
 
-    model = load_cvae(str(run), resolve_device(device))
+    model = load_cvae(str(run), model_device(device, "--device"))
     if prior not in ("auto", "fitted", "learned"):
         raise SpecError(f"--prior must be auto, fitted or learned, got {prior!r}")
     if prior == "fitted" and not model.has_fitted_prior:

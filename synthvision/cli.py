@@ -249,10 +249,11 @@ def preview(
 
 @app.command("sources")
 def list_sources() -> None:
-    """List the registered scene generators, object sources and background sources."""
+    """List the registered scene generators, object sources, background sources and labelers."""
     from synthvision.generators import BACKGROUND_SOURCES, OBJECT_SOURCES, SCENE_GENERATORS
+    from synthvision.labelers.base import LABELERS
 
-    for reg in (SCENE_GENERATORS, OBJECT_SOURCES, BACKGROUND_SOURCES):
+    for reg in (SCENE_GENERATORS, OBJECT_SOURCES, BACKGROUND_SOURCES, LABELERS):
         typer.echo(f"{reg.kind}s: {', '.join(reg.names())}")
 
 

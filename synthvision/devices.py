@@ -28,3 +28,13 @@ def resolve_device(device: str, key_path: str = "device") -> str:
     if device != "cpu" and not device.startswith(("cuda", "mps")):
         raise SpecError(f"{key_path}: expected auto, cpu, cuda[:N] or mps, got {device!r}")
     return device
+
+
+def model_device(device: str, key_path: str = "device") -> str:
+    """`resolve_device` for a model about to load: a `SYNTHVISION_DEVICE` that `auto` picked up
+    and this machine cannot use (e.g. cuda without CUDA) is a SpecError naming the variable,
+    instead of a driver error from inside torch."""
+    resolved = resolve_device(device, key_path)
+    if device == "auto" and os.environ.get(DEVICE_ENV) == resolved and resolved != "auto":
+        resolve_device(resolved, f"{DEVICE_ENV}={resolved} (for {key_path}: auto)")
+    return resolved

@@ -52,7 +52,10 @@ def train_cvae_command(
         str, typer.Option("--format", help="auto, coco, yolo or procedural.")
     ] = "auto",
     images: Annotated[
-        str, typer.Option(help="COCO image folder (default: ../images beside the JSON).")
+        str,
+        typer.Option(
+            help="COCO image folder (default: ../images/<split> or ../images beside the JSON, ...)."
+        ),
     ] = "",
     split: Annotated[str, typer.Option(help="YOLO split (or COCO instances_<split>.json).")] = (
         "train"
@@ -154,7 +157,8 @@ def train_cvae_command(
     if not result.is_main_process:
         return
     typer.echo(
-        f"wrote {result.output_dir} ({result.epochs_done} epochs, "
+        f"wrote {result.output_dir} ({result.epochs_done} "
+        f"epoch{'' if result.epochs_done == 1 else 's'}, "
         f"{result.crops_per_second:.0f} crops/s); sample it with "
         f"objects: {{name: cvae, params: {{checkpoint: {result.output_dir}}}}}"
     )

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ConfigDict, Field
 
-from synthvision.devices import resolve_device
+from synthvision.devices import model_device
 from synthvision.errors import SpecError
 from synthvision.generators.base import OBJECT_SOURCES, CropRequest
 from synthvision.spec_model import SpecModel
@@ -112,7 +112,7 @@ class CVAEObjectSource:
     def __init__(self, params: CVAEObjectParams, class_names: Sequence[str]) -> None:
         self.params = params
         self.path = resolve_checkpoint(params.checkpoint)
-        self.device = resolve_device(params.device, "objects.params.device")
+        self.device = model_device(params.device, "objects.params.device")
         self.model = load_cvae(str(self.path), self.device)
         known = self.model.class_names
         unknown = [n for n in class_names if n not in known]

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ConfigDict, Field, field_validator
 
-from synthvision.devices import resolve_device
+from synthvision.devices import model_device
 from synthvision.errors import SpecError
 from synthvision.filters import (
     ClipFilterParams,
@@ -317,7 +317,7 @@ def load_pipeline(params: PipelineParams, where: str, pipeline_class: Any = None
         asked=params.local_files_only,
         where=f"{where}.model",
     )
-    device = resolve_device(params.device)
+    device = model_device(params.device, f"{where}.device")
     dtype = resolve_dtype(params.dtype, device)
     index = _model_index(params, local_only)
     kwargs: dict[str, Any] = {

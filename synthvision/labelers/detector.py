@@ -169,7 +169,7 @@ class DetectorLabeler:
     ) -> None:
         import torch
 
-        from synthvision.devices import resolve_device
+        from synthvision.devices import model_device
         from synthvision.generators.diffusion import resolve_dtype
         from synthvision.generators.prompts import class_phrase
 
@@ -182,7 +182,7 @@ class DetectorLabeler:
             raise SpecError(f"{where}.query_template: must contain {{class}}")
         self.min_area_px = params.min_area_px if params.min_area_px is not None else min_area_px
         check_model_path(params.model, f"{where}.model")
-        self.device = resolve_device(params.device)
+        self.device = model_device(params.device, f"{where}.device")
         self.dtype = resolve_dtype(params.dtype, self.device)
         self.processor, self.model = _load(params, self.device, self.dtype, where)
         self.family = str(self.model.config.model_type)
