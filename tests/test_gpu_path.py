@@ -35,6 +35,17 @@ def _request(seed: int, queries: int = 2) -> dif.GenRequest:
     return dif.GenRequest("a photo of a cat and a dog", "blurry", seed, (32, 32), weights=w)
 
 
+def _recording_backend(graphs: list[Any]) -> Any:
+    """A torch.compile backend that runs each graph eagerly and appends it to `graphs`: one
+    entry per trace, so a recompile shows as a second one."""
+
+    def backend(gm: Any, _inputs: Any) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    return backend
+
+
 @pytest.fixture()
 def compiled_engine() -> Iterator[tuple[dif.DiffusionEngine, list[Any]]]:
     """An engine whose UNet (capture processors installed) is compiled with a backend that
@@ -49,14 +60,9 @@ def compiled_engine() -> Iterator[tuple[dif.DiffusionEngine, list[Any]]]:
     assert key not in dif._PIPELINES
     loaded = dif.load_pipeline(params, "test")
     graphs: list[Any] = []
-
-    def backend(gm: Any, _inputs: Any) -> Any:
-        graphs.append(gm)
-        return gm.forward
-
     torch._dynamo.reset()
     counters.clear()
-    loaded.pipe.unet.compile(backend=backend)
+    loaded.pipe.unet.compile(backend=_recording_backend(graphs))
     try:
         yield dif.DiffusionEngine(loaded, params, "test"), graphs
     finally:
@@ -222,14 +228,9 @@ def test_the_float32_retry_of_a_failed_decode_runs_eagerly(monkeypatch: pytest.M
     dif._PIPELINES.pop(key, None)
     loaded = dif.load_pipeline(params, "test")
     graphs: list[Any] = []
-
-    def backend(gm: Any, _inputs: Any) -> Any:
-        graphs.append(gm)
-        return gm.forward
-
     torch._dynamo.reset()
     vae = loaded.pipe.vae
-    vae.decoder.compile(backend=backend)
+    vae.decoder.compile(backend=_recording_backend(graphs))
     real = vae.decode
 
     def decode(z: Any, return_dict: bool = True) -> Any:
