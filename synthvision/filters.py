@@ -62,21 +62,16 @@ def decode_failure(
     return None
 
 
-def decode_failures(decoded: torch.Tensor, policy: RetryPolicy = RetryPolicy()) -> list[str | None]:
-    """`decode_failure` for a batch (B, 3, H, W) in [-1, 1], computed on the tensor's device
-    (only B x 3 numbers travel to the host)."""
-    return checked_uint8(decoded, policy, images=False)[0]
-
-
 def checked_uint8(
-    decoded: torch.Tensor, policy: RetryPolicy = RetryPolicy(), *, images: bool = True
+    decoded: torch.Tensor, policy: RetryPolicy = RetryPolicy()
 ) -> tuple[list[str | None], npt.NDArray[np.uint8]]:
-    """(`decode_failures(decoded)`, `to_uint8(decoded)`) from one pass over the batch.
+    """`decode_failure` of each image of a batch (B, 3, H, W) in [-1, 1], and the batch as
+    uint8 (B, H, W, 3) as diffusers' image processor rounds it, from one pass on the tensor's
+    device.
 
-    Why: both round the same levels; computing them once halves the float32 work on the
-    (B, 3, H, W) batch, and the host waits once (the stats are queued to the host before the
-    image, which is copied with a blocking copy that finishes both) instead of twice.
-    `images=False` skips the image (an empty array is returned).
+    Why one pass: both round the same levels, so the float32 work on the batch is done once,
+    and the host waits once: the B x 3 stats are queued to the host before the pixels, whose
+    blocking copy finishes both. Only uint8 crosses to the host (4x less than float32).
     """
     import torch
 
@@ -85,15 +80,11 @@ def checked_uint8(
     levels = ((x / 2 + 0.5).clamp(0, 1) * 255.0).round().nan_to_num(0.0)
     peak = levels.flatten(1).amax(dim=1)
     spread = levels.flatten(2).std(dim=2).amax(dim=1)  # max over channels of per-channel std
-    stats_dev = torch.stack([finite.float(), peak, spread], dim=1)
-    if images:
-        # On CUDA, non_blocking: a pinned host copy queued behind the kernels; the blocking
-        # image copy below synchronises the stream, after which it is complete.
-        stats_host = stats_dev.to("cpu", non_blocking=stats_dev.is_cuda)
-        pixels = np.ascontiguousarray(levels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-    else:
-        stats_host = stats_dev.cpu()
-        pixels = np.zeros((0, 0, 0, 3), np.uint8)
+    stats = torch.stack([finite.float(), peak, spread], dim=1)
+    # On CUDA, non_blocking: a pinned host copy queued behind the kernels; the blocking pixel
+    # copy below synchronises the stream, after which it is complete.
+    stats_host = stats.to("cpu", non_blocking=stats.is_cuda)
+    pixels = np.ascontiguousarray(levels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return _failures(stats_host.numpy(), policy), pixels
 
 
@@ -114,15 +105,6 @@ def _failures(stats: npt.NDArray[np.float32], policy: RetryPolicy) -> list[str |
 def retry_seed(seed: int, attempt: int) -> int:
     """Seed of retry `attempt` (1, 2, ...) of a sample whose first seed was `seed`."""
     return randomness.derive_seed(int(seed), int(attempt), "retry")
-
-
-def to_uint8(decoded: torch.Tensor) -> npt.NDArray[np.uint8]:
-    """VAE output (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), as diffusers' image processor."""
-    import torch
-
-    # Rounded on the device, so only uint8 crosses to the host (4x less than float32).
-    x = ((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().nan_to_num(0.0)
-    return np.ascontiguousarray(x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
 
 
 # ---------------------------------------------------------------------------------------------
