@@ -82,10 +82,8 @@ class TorchScriptFeatures:
         if not p.is_file():
             raise SpecError(f"--features: {p} is not a file (give 'pixels' or a TorchScript .pt)")
         try:
-            with (
-                warnings.catch_warnings()
-            ):  # torch's deprecation of jit.load: not the user's to fix
-                warnings.simplefilter("ignore", FutureWarning)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch deprecating jit.load
                 self.module = torch.jit.load(str(p), map_location=device).eval()
         except RuntimeError as exc:
             why = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else exc

@@ -22,7 +22,7 @@ from pydantic_core import to_jsonable_python
 from synthvision.errors import SpecError
 from synthvision.registry import format_validation_error
 from synthvision.spec_model import SpecModel
-from synthvision.spec_yaml import load_yaml
+from synthvision.spec_yaml import load_yaml, yaml_problem
 
 
 class _Strict(SpecModel):
@@ -409,9 +409,7 @@ def load_spec_dict(path: str | Path) -> dict[str, Any]:
     try:
         data = load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = str(getattr(exc, "problem", None) or exc).strip().splitlines()[0]  # one line
+        problem, where = yaml_problem(exc)
         raise SpecError(f"{p}: not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise SpecError(f"{p}: not a UTF-8 text file") from None

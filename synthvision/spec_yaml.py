@@ -48,6 +48,15 @@ class YAMLTooLarge(yaml.YAMLError):
         self.problem_mark = None
 
 
+def yaml_problem(exc: BaseException) -> tuple[str, str]:
+    """(problem, where) of a YAML (or decoding) error, each on one line: PyYAML's problem
+    without its multi-line excerpt of the file, and " at line N" when known (else "")."""
+    text = str(getattr(exc, "problem", None) or exc).strip()
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    return (text.splitlines()[0] if text else type(exc).__name__), where
+
+
 def load_yaml(text: str) -> Any:
     """Parse one YAML document strictly (see the module docstring); errors are `yaml.YAMLError`."""
     try:

@@ -33,6 +33,7 @@ from synthvision.formats.masks import (
 )
 from synthvision.formats.yolo import DATA_YAML, IMAGE_SUFFIXES
 from synthvision.outdir import MANIFEST, MARKER
+from synthvision.spec_yaml import yaml_problem
 
 SPEC_YAML = "spec.yaml"
 BOX_TOL_PX = 0.01  # COCO bbox vs RLE tight box / image bounds
@@ -203,14 +204,6 @@ def validate_dataset(out_dir: str | os.PathLike[str], max_per_kind: int = 20) ->
     return p.result()
 
 
-def _one_line(exc: BaseException) -> str:
-    """A YAML error's problem without PyYAML's multi-line excerpt: one problem, one line."""
-    text = str(getattr(exc, "problem", None) or exc).strip()
-    mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}" if mark is not None else ""
-    return (text.splitlines()[0] if text else type(exc).__name__) + where
-
-
 def _read_export_spec(out: Path, p: _Problems) -> dict[str, Any]:
     path = out / SPEC_YAML
     if not path.is_file():
@@ -219,7 +212,7 @@ def _read_export_spec(out: Path, p: _Problems) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        p.add("layout", f"{SPEC_YAML} is not valid YAML ({_one_line(exc)})")
+        p.add("layout", f"{SPEC_YAML} is not valid YAML ({''.join(yaml_problem(exc))})")
         return {}
     export = doc.get("export") if isinstance(doc, dict) else None
     return export if isinstance(export, dict) else {}
@@ -534,7 +527,7 @@ def _check_data_yaml(yolo_dir: Path, p: _Problems) -> tuple[list[str] | None, li
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        p.add("yolo-yaml", f"yolo/{DATA_YAML} is not valid YAML ({_one_line(exc)})")
+        p.add("yolo-yaml", f"yolo/{DATA_YAML} is not valid YAML ({''.join(yaml_problem(exc))})")
         return None, splits
     if not isinstance(doc, dict):
         p.add("yolo-yaml", f"yolo/{DATA_YAML} is not a mapping")

@@ -162,14 +162,12 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
 
 
 def _yolo_has_polygons(labels_dir: Path) -> bool:
+    from synthvision.formats.yolo import read_label_text
+
     if not labels_dir.is_dir():
         return False
     for label in sorted(labels_dir.glob("*.txt")):
-        try:
-            text = label.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise SpecError(f"{label}: not a UTF-8 text file of label rows") from None
-        for line in text.splitlines():
+        for line in read_label_text(label).splitlines():
             if line.strip():
                 return len(line.split()) > 5  # first row decides: files never mix row kinds
     return False

@@ -35,6 +35,7 @@ from synthvision.errors import SpecError
 from synthvision.formats.images import write_bytes_atomic, write_image
 from synthvision.formats.masks import merge_polygons, polygon_xyxy
 from synthvision.formats.records import Record, instance_records, instances_from_records
+from synthvision.spec_yaml import yaml_problem
 from synthvision.structures import ClassMap, Instances, Sample
 
 YoloTask = Literal["detect", "segment"]
@@ -144,7 +145,7 @@ def read_class_map(data_yaml: str | os.PathLike[str]) -> ClassMap:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        problem = str(getattr(exc, "problem", None) or exc).strip().splitlines()[0]  # one line
+        problem = "".join(yaml_problem(exc))
         raise SpecError(f"{path}: not valid YAML ({problem}); fix the file") from None
     names = doc.get("names") if isinstance(doc, dict) else None
     if isinstance(names, list):
@@ -211,6 +212,14 @@ def parse_label_text(text: str, size_hw: tuple[int, int], source: str = "label")
     return records
 
 
+def read_label_text(path: Path) -> str:
+    """The text of a YOLO label file; one that is not UTF-8 is a SpecError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a UTF-8 text file of label rows") from None
+
+
 def image_size_hw(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(H, W) from the image header, without decoding pixels."""
     try:
@@ -246,10 +255,7 @@ def load_yolo(
         for image_path in list_images(images_dir):
             size_hw = image_size_hw(image_path)
             label_path = labels_dir / (image_path.stem + ".txt")
-            try:
-                text = label_path.read_text(encoding="utf-8") if label_path.is_file() else ""
-            except UnicodeDecodeError:
-                raise SpecError(f"{label_path}: not a UTF-8 text file of label rows") from None
+            text = read_label_text(label_path) if label_path.is_file() else ""
             records = parse_label_text(text, size_hw, source=str(label_path))
             inst = instances_from_records(records, size_hw, with_masks=with_masks)
             yield YoloImage(image_path.name, size_hw, inst)
