@@ -224,22 +224,24 @@ def generate_shard(
             background.submit(write_variants, sample, split)
 
     background = _OrderedWriter(tick, max_pending=2 * batch_size)
-    # Generators with `generate_async` (the diffusion scenes) label a batch on threads while
-    # the next batch generates: one batch is in flight.
-    start_batch = getattr(generator, "generate_async", None)
+    # Generators with a `session` (the diffusion scenes) label a batch on threads while the
+    # next batch generates (one batch in flight), and pack their retries into later batches.
+    session = generator.session() if hasattr(generator, "session") else None
     in_flight: Callable[[], list[Sample]] | None = None
     try:
         for start in range(0, len(todo_jobs), batch_size):
             batch = [jobs[g] for g in todo_jobs[start : start + batch_size]]
-            if start_batch is None:
+            if session is None:
                 submit(generator.generate(batch))
                 continue
-            started = start_batch(batch)
+            started = session.start(batch)
             if in_flight is not None:
                 submit(in_flight())
             in_flight = started
         if in_flight is not None:
             submit(in_flight())
+        if session is not None:
+            submit(session.finish())
     finally:
         try:
             background.close()  # every submitted item is on disk (or its error raised)

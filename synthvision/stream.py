@@ -250,20 +250,22 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
             [job(i) for i in mine[start : start + self.batch_size]]
             for start in range(0, len(mine), self.batch_size)
         )
-        # Generators with `generate_async` (diffusion scenes) label a batch on threads while the
-        # next one generates, as in a build: one batch in flight.
-        start_batch = getattr(self._generator, "generate_async", None)
+        # Generators with a `session` (diffusion scenes) label a batch on threads while the
+        # next one generates, as in a build: one batch in flight, retries in later batches.
+        session = self._generator.session() if hasattr(self._generator, "session") else None
         in_flight: Callable[[], list[Sample]] | None = None
         for jobs in batches:
-            if start_batch is None:
+            if session is None:
                 yield from self._items(self._on_cuda(self._generator.generate, jobs), seed)
                 continue
-            started = self._on_cuda(start_batch, jobs)
+            started = self._on_cuda(session.start, jobs)
             if in_flight is not None:
                 yield from self._items(self._on_cuda(in_flight), seed)
             in_flight = started
         if in_flight is not None:
             yield from self._items(self._on_cuda(in_flight), seed)
+        if session is not None:
+            yield from self._items(self._on_cuda(session.finish), seed)
 
     def _items(self, samples: list[Sample], seed: int) -> Iterator[Item | None]:
         """The torch items of generated `samples` (labeled, split into their variants); None

@@ -92,11 +92,13 @@ def test_label_threads_do_not_change_the_dataset(tmp_path: Path) -> None:
     assert digests[0] == digests[1]
 
 
-def test_labeling_while_the_next_batch_generates_changes_nothing(
+def test_pipelined_and_packed_batches_change_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The build keeps one batch in flight (`generate_async`): its bytes, retries included, are
-    those of a build that generates and labels one batch after the other."""
+    """The build keeps one batch in flight and packs retries and small build batches into full
+    engine batches (`generator.session()`): its bytes, retries included, are those of a build
+    that generates and labels one batch after the other, each padded on its own."""
+    from synthvision.generators.diffusion import DiffusionEngine
     from tests.helpers import dataset_digests
 
     params = {"model": tiny_models.sd_model(), **PIPE, "min_instances": 2, "max_retries": 1}
@@ -109,6 +111,15 @@ def test_labeling_while_the_next_batch_generates_changes_nothing(
         def generate(self, jobs: Any) -> Any:
             return self.inner.generate(jobs)
 
+    calls: dict[str, list[int]] = {"pipelined": [], "sequential": []}
+    mode = "pipelined"
+    real_batch = DiffusionEngine._batch
+
+    def counted(engine: Any, requests: Any) -> Any:
+        calls[mode].append(len(requests))  # real rows; every call runs batch_size (4)
+        return real_batch(engine, requests)
+
+    monkeypatch.setattr(DiffusionEngine, "_batch", counted)
     make = build_mod.create_scene_generator
     results = {}
     for mode in ("pipelined", "sequential"):
@@ -117,11 +128,19 @@ def test_labeling_while_the_next_batch_generates_changes_nothing(
                 build_mod, "create_scene_generator", lambda s: OneAfterTheOther(make(s))
             )
         out = tmp_path / mode
-        build_mod.build(spec, out, batch_size=2, show_progress=False)
+        build_mod.build(spec, out, batch_size=2, show_progress=False)  # half an engine batch
         counts = json.loads((out / "manifest.json").read_text())["counts"]
         results[mode] = (dataset_digests(out), counts["retries"], counts["rejected_images"])
     assert results["pipelined"][1] > 0  # the case does exercise retries
     assert results["pipelined"] == results["sequential"]
+    # The same rows, in fewer calls: full ones, but for the final rounds (rest, then retries).
+    assert sum(calls["pipelined"]) == sum(calls["sequential"])
+    first_padded = next(
+        (i for i, n in enumerate(calls["pipelined"]) if n < 4), len(calls["pipelined"])
+    )
+    assert all(n == 4 for n in calls["pipelined"][:first_padded])
+    assert len(calls["pipelined"]) - first_padded <= 2  # max_retries + 1
+    assert len(calls["pipelined"]) < len(calls["sequential"]), calls
 
 
 def test_a_build_whose_every_image_is_rejected_is_an_error_not_a_dataset(tmp_path: Path) -> None:

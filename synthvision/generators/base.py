@@ -61,7 +61,13 @@ BACKGROUND_SOURCES: Registry[BackgroundSource] = Registry("background source")
 
 
 class SceneGenerator(Protocol):
-    """Makes whole labeled images: compose (objects on backgrounds) or a diffusion scene model."""
+    """Makes whole labeled images: compose (objects on backgrounds) or a diffusion scene model.
+
+    A generator may also have `session()`: an object whose `start(jobs)` generates now and
+    returns a call giving the samples finished so far, and whose `finish()` gives the rest, all
+    in job order (`diffusion.SceneSession`). Builds and streams use it to overlap labeling with
+    generation and to share model batches across calls.
+    """
 
     def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
         """One `Sample` per job, in order; `Sample.index == job.index`; labels in class ids."""

@@ -22,13 +22,14 @@ see `synthvision.labelers.attention`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
@@ -43,8 +44,8 @@ from synthvision.filters import (
     RetryPolicy,
     check_model_path,
     checked_uint8,
-    retry_seed,
 )
+from synthvision.generators.batching import BatchQueue, Decoded, GenRequest, GenResult, Label
 from synthvision.generators.prompts import DEFAULT_ATTRIBUTES
 from synthvision.hub import cached_commit, follow_hub_progress_setting, local_files_only_for
 from synthvision.labelers import attention as attn_labels
@@ -453,61 +454,6 @@ def _first_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GenRequest:
-    """One image. `size_hw` is the generation size (a multiple of the pipeline's `multiple`).
-    `weights` (Q, T) are the attention queries to capture (None: no capture); `extra` is
-    strategy-specific input (GLIGEN boxes)."""
-
-    prompt: str
-    negative_prompt: str
-    seed: int
-    size_hw: tuple[int, int]
-    weights: npt.NDArray[np.float32] | None = None
-    clip_text: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class GenResult:
-    """A finished image (uint8 (H, W, 3)), its maps (Q, h, w) and its history."""
-
-    image: npt.NDArray[np.uint8]
-    maps: npt.NDArray[np.float32] | None
-    seed: int
-    seeds_tried: list[int]
-    retries: int
-    retry_reasons: list[str]
-    rejected: str | None = None
-    payload: Any = None
-    clip_score: float | None = None  # of the kept image, when the CLIP filter is on
-
-    def metadata(self) -> dict[str, Any]:
-        md: dict[str, Any] = {
-            "seed": int(self.seed),
-            "retries": int(self.retries),
-        }
-        if self.clip_score is not None:
-            md["clip_score"] = round(float(self.clip_score), 4)
-        if self.retry_reasons:
-            md["retry_reasons"] = list(self.retry_reasons)
-            md["seeds_tried"] = [int(s) for s in self.seeds_tried]
-        if self.rejected is not None:
-            md["rejected"] = self.rejected
-        return md
-
-
-@dataclass
-class _Decoded:
-    """One decoded image of a batch, after the decode checks and filters."""
-
-    image: npt.NDArray[np.uint8]
-    maps: npt.NDArray[np.float32] | None
-    failure: str | None
-    extra_decodes: int
-    clip_score: float | None = None
-
-
 # finalize(request index, image uint8 (H, W, 3), maps (Q, h, w) | None) -> (payload, failure)
 Finalize = Callable[
     [int, npt.NDArray[np.uint8], "npt.NDArray[np.float32] | None"], tuple[Any, "str | None"]
@@ -587,35 +533,28 @@ class DiffusionEngine:
     def run(
         self, requests: Sequence[GenRequest], finalize: Finalize | None = None
     ) -> list[GenResult]:
-        """Generate every request; failed decodes / finalize failures are retried per policy."""
-        return self.start(requests, finalize).result()
+        """Generate every request; failed decodes / finalize failures are retried per policy.
+        Retries share batches (`BatchQueue`); only the last batch of a size is padded."""
+        queue = BatchQueue(self)
+        for i, r in enumerate(requests):
+            queue.put(r, None if finalize is None else functools.partial(finalize, i))
+        return [result for _, result in queue.finish()]
 
-    def start(self, requests: Sequence[GenRequest], finalize: Finalize | None = None) -> EngineRun:
-        """Generate and decode `requests` now; `finalize` them on the label threads meanwhile.
-
-        `result()` of the returned run waits for the labels and does any retries. Between the
-        two calls the GPU can work on the next batch, so labeling overlaps generation.
-        """
-        return EngineRun(self, requests, finalize)
+    @property
+    def batch_size(self) -> int:
+        """Rows of every UNet and VAE call (a call with fewer requests is padded)."""
+        return self.params.batch_size
 
     # -- internals -------------------------------------------------------------------------
 
-    def _submit_finalize(
-        self, finalize: Finalize | None, outs: Sequence[_Decoded], indices: Sequence[int]
-    ) -> list[Future[tuple[Any, str | None]] | None]:
-        """Start `finalize` of every decoded image that passed its checks (None for the rest).
+    def _submit_label(self, label: Label, out: Decoded) -> Future[tuple[Any, str | None]]:
+        """Start `label` of a decoded image that passed its checks.
 
         Labels (upsampling, connected components, masks) are numpy/OpenCV work that mostly
         releases the GIL, so they run on a few threads while the GPU goes on. Each call depends
         on its own image only: the thread count never changes a result.
         """
-        if finalize is None:
-            return [None] * len(outs)
-        pool = self._labels_pool()
-        return [
-            None if out.failure is not None else pool.submit(finalize, i, out.image, out.maps)
-            for out, i in zip(outs, indices, strict=True)
-        ]
+        return self._labels_pool().submit(label, out.image, out.maps)
 
     def _labels_pool(self) -> ThreadPoolExecutor:
         if self._label_pool is None or self._label_pool_pid != os.getpid():
@@ -626,29 +565,7 @@ class DiffusionEngine:
             self._label_pool = ThreadPoolExecutor(workers, thread_name_prefix="sv-labels")
         return self._label_pool
 
-    def _generate_checked(
-        self,
-        requests: Sequence[GenRequest],
-        on_batch: Callable[[list[int], list[_Decoded]], None] | None = None,
-    ) -> list[_Decoded]:
-        """Each request decoded and checked, in padded batches by size. `on_batch(positions,
-        decoded)` sees each batch as soon as it is decoded (to start its labels early)."""
-        out: list[Any] = [None] * len(requests)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, r in enumerate(requests):
-            by_size.setdefault(tuple(r.size_hw), []).append(i)  # type: ignore[arg-type]
-        bs = self.params.batch_size
-        for idx in by_size.values():
-            for start in range(0, len(idx), bs):
-                chunk = idx[start : start + bs]
-                decoded = self._batch([requests[i] for i in chunk])
-                for i, res in zip(chunk, decoded, strict=True):
-                    out[i] = res
-                if on_batch is not None:
-                    on_batch(chunk, decoded)
-        return out
-
-    def _batch(self, requests: Sequence[GenRequest]) -> list[_Decoded]:
+    def _batch(self, requests: Sequence[GenRequest]) -> list[Decoded]:
         import torch
 
         n = len(requests)
@@ -687,12 +604,12 @@ class DiffusionEngine:
             if failure is None and self.loaded.safety_checker:
                 failure = self._nsfw(decoded[i : i + 1])
             m = None if maps is None else maps[i, : self._num_queries(requests[i])].numpy()
-            results.append(_Decoded(img, m, failure, extra))
+            results.append(Decoded(img, m, failure, extra))
         if self.clip is not None:
             self._clip_check(requests, results)
         return results
 
-    def _clip_check(self, requests: Sequence[GenRequest], results: list[_Decoded]) -> None:
+    def _clip_check(self, requests: Sequence[GenRequest], results: list[Decoded]) -> None:
         """CLIP-score the images that passed so far, in one call padded to `batch_size` rows
         (a fixed shape: a score does not depend on its batch-mates); low scores fail."""
         assert self.clip is not None
@@ -819,72 +736,6 @@ class DiffusionEngine:
         return "nsfw" if flags is not None and any(flags) else None
 
 
-class EngineRun:
-    """Requests in flight: decoded, with their labels being computed (`DiffusionEngine.start`)."""
-
-    def __init__(
-        self, engine: DiffusionEngine, requests: Sequence[GenRequest], finalize: Finalize | None
-    ) -> None:
-        n = len(requests)
-        self.engine = engine
-        self.requests = requests
-        self.finalize = finalize
-        # Seeds tried per request: the last is the current one; one more than its regenerations.
-        self.tried: list[list[int]] = [[int(r.seed)] for r in requests]
-        self.retries = [0] * n
-        self.reasons: list[list[str]] = [[] for _ in range(n)]
-        self.results: list[GenResult | None] = [None] * n
-        self._launch(list(range(n)))
-
-    def _launch(self, pending: list[int]) -> None:
-        current = [replace(self.requests[i], seed=self.tried[i][-1]) for i in pending]
-        finals: list[Future[tuple[Any, str | None]] | None] = [None] * len(pending)
-
-        def start_labels(positions: list[int], decoded: list[_Decoded]) -> None:
-            # Labels of this engine batch run while the next one generates.
-            futures = self.engine._submit_finalize(
-                self.finalize, decoded, [pending[k] for k in positions]
-            )
-            for k, fut in zip(positions, futures, strict=True):
-                finals[k] = fut
-
-        self.pending = pending
-        self.outs = self.engine._generate_checked(current, start_labels) if pending else []
-        self.finals = finals
-
-    def result(self) -> list[GenResult]:
-        """Every request's result, in order (waits for labels; generates the retries)."""
-        policy = self.engine.policy
-        while self.pending:
-            next_pending: list[int] = []
-            for out, i, fut in zip(self.outs, self.pending, self.finals, strict=True):
-                payload, final_failure = (None, None) if fut is None else fut.result()
-                self.retries[i] += out.extra_decodes
-                failure = out.failure or final_failure
-                if failure is not None:
-                    self.reasons[i].append(failure)
-                    regenerations = len(self.tried[i]) - 1
-                    if regenerations < policy.max_retries:
-                        self.retries[i] += 1
-                        self.tried[i].append(retry_seed(self.requests[i].seed, regenerations + 1))
-                        next_pending.append(i)
-                        continue
-                kept = failure is None  # else: rejected after its last retry, never labeled
-                self.results[i] = GenResult(
-                    out.image,
-                    out.maps,
-                    self.tried[i][-1],
-                    self.tried[i],
-                    self.retries[i],
-                    self.reasons[i],
-                    failure,
-                    payload if kept else None,
-                    out.clip_score if kept else None,
-                )
-            self._launch(next_pending)
-        return [r for r in self.results if r is not None]
-
-
 def resize_rgb(image: npt.NDArray[np.uint8], size_hw: tuple[int, int]) -> npt.NDArray[np.uint8]:
     """Resize (H, W, 3) uint8 to `size_hw` with Lanczos (no-op when equal)."""
     if image.shape[:2] == tuple(size_hw):
@@ -913,3 +764,49 @@ def scene_samples(
             image, inst = res.payload
             samples.append(Sample(job.index, image, inst, meta))
     return samples
+
+
+# (job's request, its metadata, its labels) for a scene generator's session
+SceneRequest = Callable[[ImageJob], "tuple[GenRequest, dict[str, Any], Label]"]
+
+
+class SceneSession:
+    """Scenes of successive `start(jobs)` calls, generated in shared full batches.
+
+    `start` queues the jobs' requests and generates every full engine batch now; their labels
+    run on the label threads. The call it returns waits for the labels of what that `start`
+    generated and gives the samples finished so far, in job order. Between the two the caller
+    can `start` the next jobs, so labeling overlaps generation. `finish` generates the rest
+    (retries too, the last batch padded) and gives the remaining samples. A build or a stream
+    opens one session and finishes it; a failed image's retry joins a later batch.
+    """
+
+    def __init__(self, name: str, labels: str, engine: DiffusionEngine, make: SceneRequest) -> None:
+        self.name = name
+        self.labels = labels
+        self.make = make
+        self.queue = BatchQueue(engine)
+
+    def start(self, jobs: Sequence[ImageJob]) -> Callable[[], list[Sample]]:
+        for job in jobs:
+            request, md, label = self.make(job)
+            self.queue.put(request, label, tag=(job, md))
+        launch = self.queue.launch()
+
+        def collect() -> list[Sample]:
+            self.queue.settle(launch)
+            return self._samples(self.queue.release())
+
+        return collect
+
+    def finish(self) -> list[Sample]:
+        return self._samples(self.queue.finish())
+
+    def _samples(self, done: list[tuple[Any, GenResult]]) -> list[Sample]:
+        return scene_samples(
+            self.name,
+            self.labels,
+            [job for (job, _), _ in done],
+            [md for (_, md), _ in done],
+            [result for _, result in done],
+        )

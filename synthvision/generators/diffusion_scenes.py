@@ -10,7 +10,8 @@ than `min_instances` are found is generated again with a new seed (then rejected
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -20,12 +21,13 @@ from pydantic import Field
 from synthvision.config import Spec
 from synthvision.errors import SpecError
 from synthvision.generators.base import SCENE_GENERATORS
+from synthvision.generators.batching import Label
 from synthvision.generators.diffusion import (
     DiffusionEngine,
     GenRequest,
     PipelineParams,
+    SceneSession,
     resize_rgb,
-    scene_samples,
 )
 from synthvision.generators.prompts import (
     check_template,
@@ -142,16 +144,16 @@ class DiffusionAttentionScenes:
         return (image, inst), None
 
     def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
-        return self.generate_async(jobs)()
+        session = self.session()
+        return session.start(jobs)() + session.finish()
 
-    def generate_async(self, jobs: Sequence[ImageJob]) -> Callable[[], list[Sample]]:
-        """Generate now, label in the background; the returned call gives the samples."""
-        built = [self.prompts.build(job, self.engine, self.params.negative_prompt) for job in jobs]
-        run = self.engine.start(
-            [g for g, _ in built], finalize=lambda i, img, maps: self._labels(jobs[i], img, maps)
-        )
-        metadata = [md for _, md in built]
-        return lambda: scene_samples(self.name, "cross-attention", jobs, metadata, run.result())
+    def session(self) -> SceneSession:
+        """Successive batches of jobs in shared engine batches, labeled in the background."""
+        return SceneSession(self.name, "cross-attention", self.engine, self._request)
+
+    def _request(self, job: ImageJob) -> tuple[GenRequest, dict[str, Any], Label]:
+        gen, md = self.prompts.build(job, self.engine, self.params.negative_prompt)
+        return gen, md, functools.partial(self._labels, job)
 
 
 @SCENE_GENERATORS.register("diffusion-attention", DiffusionSceneParams)

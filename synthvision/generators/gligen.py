@@ -13,7 +13,8 @@ batches of different layouts in one UNet call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
@@ -22,13 +23,14 @@ from pydantic import Field
 
 from synthvision.config import Spec
 from synthvision.generators.base import SCENE_GENERATORS
+from synthvision.generators.batching import Label
 from synthvision.generators.diffusion import (
     DiffusionEngine,
     GenRequest,
     PipelineParams,
+    SceneSession,
     load_pipeline,
     resize_rgb,
-    scene_samples,
 )
 from synthvision.generators.diffusion_scenes import (
     DEFAULT_EMPTY_PROMPT,
@@ -232,17 +234,16 @@ class GligenScenes:
         return (image, Instances(boxes[keep], ids[keep], masks=masks[keep])), None
 
     def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
-        return self.generate_async(jobs)()
+        session = self.session()
+        return session.start(jobs)() + session.finish()
 
-    def generate_async(self, jobs: Sequence[ImageJob]) -> Callable[[], list[Sample]]:
-        """Generate now, label in the background; the returned call gives the samples."""
-        built = [self._request(job) for job in jobs]
-        run = self.engine.start(
-            [g for g, _, _ in built],
-            finalize=lambda i, img, maps: self._labels(jobs[i], built[i][2], img, maps),
-        )
-        metadata = [md for _, md, _ in built]
-        return lambda: scene_samples(self.name, "layout", jobs, metadata, run.result())
+    def session(self) -> SceneSession:
+        """Successive batches of jobs in shared engine batches, labeled in the background."""
+        return SceneSession(self.name, "layout", self.engine, self._scene_request)
+
+    def _scene_request(self, job: ImageJob) -> tuple[GenRequest, dict[str, Any], Label]:
+        gen, md, layout = self._request(job)
+        return gen, md, functools.partial(self._labels, job, layout)
 
 
 @SCENE_GENERATORS.register("gligen", GligenParams)
