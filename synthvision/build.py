@@ -31,6 +31,7 @@ from synthvision.dataset_items import (  # re-exported: the build's parts
     Variants,
     create_labeler,
     create_scene_generator,
+    generation_batch_size,
     sample_record,
     variants_per_image,
 )
@@ -426,7 +427,7 @@ def build(
     out_dir: str | Path,
     *,
     overwrite: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     show_progress: bool = True,
     ctx: ProcessContext | None = None,
 ) -> BuildResult:
@@ -443,11 +444,12 @@ def build(
     t0 = time.perf_counter()
     ctx = ctx or ProcessContext()
     out = Path(out_dir)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise SpecError(f"--batch-size must be at least 1 (got {batch_size})")
     pin_device(ctx.device)  # generators resolving device "auto" use this rank's device
     jobs = plan_jobs(spec)  # validates count targets before anything is written
     generator = create_scene_generator(spec)  # once per process: models load once per rank
+    batch_size = generation_batch_size(generator, batch_size)
     labeler = create_labeler(spec)
     augmentation = Variants(spec)  # a bad augment section fails here, before any write
     fingerprint = spec.fingerprint()

@@ -119,7 +119,14 @@ def build(
             "non-synthvision directory); other files are left alone."
         ),
     ] = False,
-    batch_size: Annotated[int, typer.Option(help="Images generated per batch.")] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Images per generator call. Default: a diffusion model's batch_size (4x for "
+            "diffusion objects), else 8. Never changes the dataset.",
+            show_default=False,
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Build a dataset from SPEC. Re-running the same command resumes an interrupted build."""

@@ -31,6 +31,19 @@ def create_labeler(spec: Spec) -> Any:
     return LABELERS.create(spec.labeler.name, spec.labeler.params, "labeler", spec=spec)
 
 
+DEFAULT_BATCH_SIZE = 8
+
+
+def generation_batch_size(generator: Any, requested: int | None) -> int:
+    """Images per generator call: `requested`, else the generator's `preferred_batch_size`
+    (diffusion models: a multiple of their engine batch, since every engine call costs a full
+    batch whatever it holds), else `DEFAULT_BATCH_SIZE`."""
+    if requested is not None:
+        return requested
+    preferred = getattr(generator, "preferred_batch_size", None)
+    return int(preferred) if preferred else DEFAULT_BATCH_SIZE
+
+
 def create_scene_generator(spec: Spec) -> SceneGenerator:
     """Validate the spec's components and build its scene generator (SpecError on bad input)."""
     return SCENE_GENERATORS.create(spec.scene.name, spec.scene.params, "scene", spec=spec)

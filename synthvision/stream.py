@@ -50,6 +50,7 @@ from synthvision.dataset_items import (
     Variants,
     create_labeler,
     create_scene_generator,
+    generation_batch_size,
     sample_record,
     variants_per_image,
 )
@@ -116,7 +117,8 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
     """The items of one split (or all: `split=None`) of a spec, generated while iterating.
 
     `spec`: a `Spec` or the path of a spec file (with `overrides`, as `--set key=value`).
-    `batch_size`: images per generator call. `with_masks`: as in `SynthDetection`.
+    `batch_size`: images per generator call (default: the generator's preference, e.g. a
+    diffusion model's batch, else 8). `with_masks`: as in `SynthDetection`.
     `rank`, `world_size`: this process's share; default: `torch.distributed`'s, else 0 and 1.
     `even`: every rank yields `len()` items (DDP steps in lockstep), so the last
     `images % world_size` generated images of the split are left out and a rejected image's
@@ -129,7 +131,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         split: str | None = "train",
         *,
         overrides: Sequence[str] = (),
-        batch_size: int = 8,
+        batch_size: int | None = None,
         with_masks: bool = True,
         epoch: int = 0,
         rank: int | None = None,
@@ -138,7 +140,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
     ) -> None:
         if isinstance(overrides, str):
             raise SpecError(f"overrides is a list of KEY=VALUE strings: give [{overrides!r}]")
-        batch_size = _whole(batch_size, "batch_size")
+        batch_size = None if batch_size is None else _whole(batch_size, "batch_size")
         epoch = _whole(epoch, "epoch")
         rank = None if rank is None else _whole(rank, "rank")
         world_size = None if world_size is None else _whole(world_size, "world_size")
@@ -150,7 +152,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
             raise SpecError(
                 f"split {split!r} is not in the spec; its splits: {', '.join(spec.splits)}"
             )
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise SpecError(f"batch_size must be at least 1 (got {batch_size})")
         if (rank is None) != (world_size is None) or (
             world_size is not None and not 0 <= int(rank or 0) < world_size
@@ -161,7 +163,6 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
             )
         self.spec = spec
         self.split = split
-        self.batch_size = batch_size
         self.with_masks = with_masks
         self.even = even
         self.classes = list(spec.class_names)
@@ -181,6 +182,7 @@ class SynthStream(IterableDataset):  # type: ignore[type-arg]
         # Built now, so a bad spec fails here and not in a DataLoader worker; workers started by
         # spawn build their own (`__getstate__`), forked ones share these.
         self._generator: Any = create_scene_generator(spec)
+        self.batch_size = generation_batch_size(self._generator, batch_size)
         self._labeler: Any = create_labeler(spec)
         self._variants: Variants | None = Variants(spec)
 

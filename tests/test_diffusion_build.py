@@ -173,3 +173,33 @@ def test_a_stream_of_attention_labeled_scenes_is_the_png_build(tmp_path: Path) -
         assert torch.equal(image, want_image) and target["image_id"] == want["image_id"]
         assert torch.equal(target["boxes"], want["boxes"])
         assert torch.equal(target["masks"], want["masks"])
+
+
+def test_default_generation_batch_follows_the_models_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --batch-size a build hands a diffusion generator whole engine batches (4x for
+    diffusion objects, whose images hold one or more crops each), so no call is padded."""
+    from synthvision.dataset_items import generation_batch_size
+    from synthvision.generators.diffusion import DiffusionEngine
+
+    rows: list[int] = []
+    real_batch = DiffusionEngine._batch
+
+    def counted(engine: Any, requests: Any) -> Any:
+        rows.append(len(requests))
+        return real_batch(engine, requests)
+
+    monkeypatch.setattr(DiffusionEngine, "_batch", counted)
+    spec = _spec(num_images=8, scene=STRATEGIES["diffusion-attention"]().scene)
+    build_mod.build(spec, tmp_path / "out", show_progress=False)
+    assert rows == [4, 4]  # PIPE's batch_size: two full calls
+    for name, want in (("diffusion-attention", 4), ("gligen", 4), ("compose+diffusion", 16)):
+        generator = build_mod.create_scene_generator(STRATEGIES[name]())
+        assert generation_batch_size(generator, None) == want, name
+        assert generation_batch_size(generator, 3) == 3
+    shapes = {"cat": "disc", "dog": "star"}
+    procedural = build_mod.create_scene_generator(
+        _spec(objects={"name": "procedural", "params": {"shapes": shapes}})
+    )
+    assert generation_batch_size(procedural, None) == 8

@@ -37,6 +37,12 @@ class ComposeScene:
         self.objects = objects
         self.background = background
 
+    @property
+    def preferred_batch_size(self) -> int | None:
+        """Images per call that the sources prefer (the larger), or None for no preference."""
+        sizes = [getattr(s, "preferred_batch_size", None) for s in (self.objects, self.background)]
+        return max((int(s) for s in sizes if s), default=None)
+
     def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
         spec, layout = self.spec, self.spec.layout
         placements = [

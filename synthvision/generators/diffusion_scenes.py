@@ -147,6 +147,11 @@ class DiffusionAttentionScenes:
         session = self.session()
         return session.start(jobs)() + session.finish()
 
+    @property
+    def preferred_batch_size(self) -> int:
+        """Jobs per `session().start` call: one engine batch, so each call generates one."""
+        return self.engine.batch_size
+
     def session(self) -> SceneSession:
         """Successive batches of jobs in shared engine batches, labeled in the background."""
         return SceneSession(self.name, "cross-attention", self.engine, self._request)

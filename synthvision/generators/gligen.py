@@ -237,6 +237,11 @@ class GligenScenes:
         session = self.session()
         return session.start(jobs)() + session.finish()
 
+    @property
+    def preferred_batch_size(self) -> int:
+        """Jobs per `session().start` call: one engine batch, so each call generates one."""
+        return self.engine.batch_size
+
     def session(self) -> SceneSession:
         """Successive batches of jobs in shared engine batches, labeled in the background."""
         return SceneSession(self.name, "layout", self.engine, self._scene_request)
