@@ -112,7 +112,7 @@ def run_one(
     try:
         with Counter(rate).installed() as counter:
             t0 = time.perf_counter()
-            build_mod.build(spec, out, overwrite=True, batch_size=batch_size, show_progress=False)
+            build_mod.build(spec, out, batch_size=batch_size, show_progress=False)
             seconds = time.perf_counter() - t0
     finally:
         build_mod.create_scene_generator = make  # type: ignore[assignment]
@@ -143,8 +143,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
 
+    from synthvision.hub import hide_loading_bars
     from tests import tiny_models
 
+    hide_loading_bars()
     model = tiny_models.sd_model()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,7 +157,7 @@ def main() -> None:
                 # call; now: the new default (the generator's preference), and 8 per call.
                 eb = args.engine_batch
                 for mode, batch in (("before", 8), ("before", eb), ("now", None), ("now", 8)):
-                    out = Path(tmp) / "o"
+                    out = Path(tmp) / f"{kind}-{rate}-{mode}-{batch}"  # new: no resume
                     row = {"kind": kind, **run_one(spec, eb, mode, batch, rate, out)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)

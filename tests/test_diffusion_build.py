@@ -194,7 +194,7 @@ def test_default_generation_batch_follows_the_models_batch(
     spec = _spec(num_images=8, scene=STRATEGIES["diffusion-attention"]().scene)
     build_mod.build(spec, tmp_path / "out", show_progress=False)
     assert rows == [4, 4]  # PIPE's batch_size: two full calls
-    for name, want in (("diffusion-attention", 4), ("gligen", 4), ("compose+diffusion", 16)):
+    for name, want in (("diffusion-attention", 4), ("gligen", 4), ("compose+diffusion", 4)):
         generator = build_mod.create_scene_generator(STRATEGIES[name]())
         assert generation_batch_size(generator, None) == want, name
         assert generation_batch_size(generator, 3) == 3
@@ -203,3 +203,55 @@ def test_default_generation_batch_follows_the_models_batch(
         _spec(objects={"name": "procedural", "params": {"shapes": shapes}})
     )
     assert generation_batch_size(procedural, None) == 8
+
+
+def test_compose_with_diffusion_sources_packs_crops_and_backgrounds_across_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crops and backgrounds of successive build batches, and their retries, share full engine
+    batches (`ComposeScene.session`): the bytes are those of one call after the other."""
+    from synthvision.generators.diffusion import DiffusionEngine
+    from tests.helpers import dataset_digests
+
+    sd = tiny_models.sd_model()
+    spec = _spec(
+        num_images=12,
+        objects={"name": "diffusion", "params": {"model": sd, **PIPE, "min_object_fraction": 0.5}},
+        background={"name": "diffusion", "params": {"model": sd, **PIPE}},
+    )
+
+    class OneAfterTheOther:  # only `generate`: each call's crops and retries on their own
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def generate(self, jobs: Any) -> Any:
+            return self.inner.generate(jobs)
+
+    calls: dict[str, dict[int, list[int]]] = {"packed": {}, "sequential": {}}
+    mode = "packed"
+    real_batch = DiffusionEngine._batch
+
+    def counted(engine: Any, requests: Any) -> Any:
+        calls[mode].setdefault(id(engine), []).append(len(requests))
+        return real_batch(engine, requests)
+
+    monkeypatch.setattr(DiffusionEngine, "_batch", counted)
+    make = build_mod.create_scene_generator
+    results = {}
+    for mode in ("packed", "sequential"):
+        if mode == "sequential":
+            monkeypatch.setattr(
+                build_mod, "create_scene_generator", lambda s: OneAfterTheOther(make(s))
+            )
+        out = tmp_path / mode
+        build_mod.build(spec, out, batch_size=2, show_progress=False)
+        counts = json.loads((out / "manifest.json").read_text())["counts"]
+        results[mode] = (dataset_digests(out), counts["retries"])
+    assert results["packed"][1] > 0  # crops were retried
+    assert results["packed"] == results["sequential"]
+    packed, sequential = calls["packed"].values(), calls["sequential"].values()
+    assert len(packed) == 2  # the object and the background engine
+    for rows in packed:  # full calls, but for the final rounds (the rest, then retries)
+        first_padded = next((i for i, n in enumerate(rows) if n < 4), len(rows))
+        assert len(rows) - first_padded <= 3, rows  # max_retries (2) + 1
+    assert sum(map(len, packed)) < sum(map(len, sequential)), calls

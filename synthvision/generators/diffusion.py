@@ -12,8 +12,9 @@ Determinism: every image has its own CPU `torch.Generator` seeded from the sampl
 UNet/VAE call runs on a batch padded to the fixed `batch_size` (padding repeats the last request
 and is discarded). With fixed shapes each row's arithmetic is the same whatever else is in the
 batch, so an image does not depend on its batch-mates, the number of processes, or where a build
-resumed. (Different `batch_size` values can differ in the last bits on GPUs, whose kernels are
-chosen by shape.)
+resumed. That is what lets `batching.BatchQueue` pack requests of successive calls and their
+retries into full batches. (Different `batch_size` values can differ in the last bits on GPUs,
+whose kernels are chosen by shape.)
 
 Attention capture works on UNet pipelines (Stable Diffusion 1.x/2.x, SDXL and its distillations):
 see `synthvision.labelers.attention`.

@@ -6,7 +6,7 @@ Both run on `DiffusionEngine`; the same model in both shares one loaded pipeline
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from synthvision.generators.base import (
     BackgroundRequest,
     CropRequest,
 )
+from synthvision.generators.batching import BatchQueue, GenResult, Label
 from synthvision.generators.diffusion import (
     DiffusionEngine,
     GenRequest,
@@ -55,10 +56,53 @@ class DiffusionObjectParams(PipelineParams):
     min_object_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.01
 
 
-# Images per `crops` call, in engine batches: a call's crops fill its batches but the last, so
-# with ~2.5 objects per image at batch 16 a call of 64 images pads ~5% of its rows, one of 8
-# images ~40%.
-OBJECT_BATCHES_PER_CALL = 4
+class SourceQueue:
+    """A source's requests (`CropRequest`s or `BackgroundRequest`s) of successive calls in shared
+    full engine batches (`BatchQueue`). `release` and `finish` give (tag, array, metadata) in put
+    order: the crop or background, and what made it (prompt, seed, retries)."""
+
+    def __init__(
+        self,
+        engine: DiffusionEngine,
+        make: Callable[[Any], tuple[GenRequest, dict[str, Any], Label | None]],
+        output: Callable[[Any, GenResult], npt.NDArray[np.uint8]],
+    ) -> None:
+        self.queue = BatchQueue(engine)
+        self.make = make
+        self.output = output
+
+    def put(self, request: Any, tag: Any = None) -> None:
+        gen, md, label = self.make(request)
+        self.queue.put(gen, label, tag=(tag, request, md))
+
+    def launch(self) -> int:
+        return self.queue.launch()
+
+    def settle(self, upto: int | None = None) -> None:
+        self.queue.settle(upto)
+
+    def release(self) -> list[tuple[Any, npt.NDArray[np.uint8], dict[str, Any]]]:
+        return self._outputs(self.queue.release())
+
+    def finish(self) -> list[tuple[Any, npt.NDArray[np.uint8], dict[str, Any]]]:
+        return self._outputs(self.queue.finish())
+
+    def _outputs(
+        self, done: list[tuple[Any, GenResult]]
+    ) -> list[tuple[Any, npt.NDArray[np.uint8], dict[str, Any]]]:
+        return [
+            (tag, self.output(request, res), {**md, **res.metadata()})
+            for (tag, request, md), res in done
+        ]
+
+    def run(
+        self, requests: Sequence[Any]
+    ) -> tuple[list[npt.NDArray[np.uint8]], list[dict[str, Any]]]:
+        """Every request now (the last batch padded): arrays and metadata, in order."""
+        for r in requests:
+            self.put(r)
+        done = self.finish()
+        return [array for _, array, _ in done], [md for _, _, md in done]
 
 
 class DiffusionObjectSource:
@@ -95,11 +139,14 @@ class DiffusionObjectSource:
 
     @property
     def preferred_batch_size(self) -> int:
-        """Images per `crops` call: enough crops (one or more per image) for several engine
-        batches, since only a call's last batch is padded."""
-        return OBJECT_BATCHES_PER_CALL * self.engine.batch_size
+        """Images per call: one engine batch (an image holds one or more crops)."""
+        return self.engine.batch_size
 
-    def _request(self, req: CropRequest) -> tuple[GenRequest, dict[str, Any]]:
+    def queue(self) -> SourceQueue:
+        """Crops of successive calls in shared engine batches (compose's session uses it)."""
+        return SourceQueue(self.engine, self._request, self._crop)
+
+    def _request(self, req: CropRequest) -> tuple[GenRequest, dict[str, Any], Label]:
         rng = randomness.rng(req.seed, 0, "prompt")
         tmpls = self.templates.get(req.class_name)
         if tmpls is None:
@@ -127,10 +174,10 @@ class DiffusionObjectSource:
             "tokens": tokens[0],
             **self.engine.describe(),
         }
-        return gen, md
+        return gen, md, self._cut
 
     def _cut(
-        self, _i: int, image: npt.NDArray[np.uint8], maps: npt.NDArray[np.float32] | None
+        self, image: npt.NDArray[np.uint8], maps: npt.NDArray[np.float32] | None
     ) -> tuple[Any, str | None]:
         if maps is None or maps.shape[0] == 0:
             mask = attn_labels.largest_component(
@@ -151,18 +198,15 @@ class DiffusionObjectSource:
         rgba = np.dstack([image[y1:y2, x1:x2], mask[y1:y2, x1:x2].astype(np.uint8) * 255])
         return np.ascontiguousarray(rgba, dtype=np.uint8), None
 
+    @staticmethod
+    def _crop(_req: CropRequest, res: GenResult) -> npt.NDArray[np.uint8]:
+        if res.payload is None:  # rejected: a fully transparent crop carries no object
+            h, w = res.image.shape[:2]
+            return np.zeros((h, w, 4), np.uint8)
+        return res.payload  # type: ignore[no-any-return]
+
     def crops(self, requests: Sequence[CropRequest]) -> list[npt.NDArray[np.uint8]]:
-        built = [self._request(r) for r in requests]
-        results = self.engine.run([g for g, _ in built], finalize=self._cut)
-        crops: list[npt.NDArray[np.uint8]] = []
-        self.last_metadata = []
-        for (_, md), res in zip(built, results, strict=True):
-            if res.payload is None:  # rejected: a fully transparent crop carries no object
-                h, w = res.image.shape[:2]
-                crops.append(np.zeros((h, w, 4), np.uint8))
-            else:
-                crops.append(res.payload)
-            self.last_metadata.append({**md, **res.metadata()})
+        crops, self.last_metadata = self.queue().run(requests)
         return crops
 
 
@@ -204,30 +248,33 @@ class DiffusionBackgroundSource:
 
     @property
     def preferred_batch_size(self) -> int:
-        """One background per image: a call of a whole engine batch pads nothing."""
+        """Images per call: one engine batch (one background per image)."""
         return self.engine.batch_size
 
+    def queue(self) -> SourceQueue:
+        """Backgrounds of successive calls in shared engine batches (compose's session)."""
+        return SourceQueue(self.engine, self._request, self._background)
+
+    def _request(self, r: BackgroundRequest) -> tuple[GenRequest, dict[str, Any], None]:
+        rng = randomness.rng(r.seed, 0, "prompt")
+        attrs = draw_attributes(self.params.prompt, self.attributes, rng)
+        prompt = render(self.params.prompt, attrs)
+        gen = GenRequest(
+            prompt,
+            self.params.negative_prompt,
+            int(r.seed),
+            self.engine.generation_size(r.size_hw),
+            clip_text=prompt,
+        )
+        return gen, {"prompt": prompt, "attributes": attrs, **self.engine.describe()}, None
+
+    @staticmethod
+    def _background(r: BackgroundRequest, res: GenResult) -> npt.NDArray[np.uint8]:
+        return resize_rgb(res.image, r.size_hw)
+
     def backgrounds(self, requests: Sequence[BackgroundRequest]) -> list[npt.NDArray[np.uint8]]:
-        gens, mds = [], []
-        for r in requests:
-            rng = randomness.rng(r.seed, 0, "prompt")
-            attrs = draw_attributes(self.params.prompt, self.attributes, rng)
-            prompt = render(self.params.prompt, attrs)
-            gens.append(
-                GenRequest(
-                    prompt,
-                    self.params.negative_prompt,
-                    int(r.seed),
-                    self.engine.generation_size(r.size_hw),
-                    clip_text=prompt,
-                )
-            )
-            mds.append({"prompt": prompt, "attributes": attrs, **self.engine.describe()})
-        results = self.engine.run(gens)
-        self.last_metadata = [
-            {**md, **res.metadata()} for md, res in zip(mds, results, strict=True)
-        ]
-        return [resize_rgb(res.image, r.size_hw) for res, r in zip(results, requests, strict=True)]
+        backgrounds, self.last_metadata = self.queue().run(requests)
+        return backgrounds
 
 
 @BACKGROUND_SOURCES.register("diffusion", DiffusionBackgroundParams)
