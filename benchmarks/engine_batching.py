@@ -1,20 +1,17 @@
-"""Engine calls per image: padded batches per call (before) vs continuous batching (now).
+"""Engine calls per image: what a build pays in UNet batches, at several failure rates.
 
 Every diffusion engine call costs `batch_size` UNet rows (x2 with CFG) whatever it holds, so at
 Stable Diffusion size a build's GPU time is proportional to its engine calls. This script counts
 them in real builds (`synthvision.build.build`) with a tiny random SD pipeline on the CPU; the
 counts do not depend on the machine or the model size.
 
-- failures: a chosen fraction of generated images fails (a function of the image's seed, so both
-  sides see the same failures), as decode checks, a CLIP filter or `min_instances` would;
-  each is retried with a new seed (`max_retries`).
-- "before": each generator call makes its images and their retries in batches of its own, the
-  last one padded (what a build did until 2026-12-07; a generator with `generate` only runs so).
-- "now": the generator's `session()`: requests of successive calls and their retries share full
-  engine batches; only the end of the build pads.
+A chosen fraction of generated images fails (a function of the image's seed, so every run sees
+the same failures), as decode checks, a CLIP filter or `min_instances` would; each is retried
+with a new seed (`max_retries: 2`). Run it from a checkout of any version to compare versions:
+it times whatever synthvision sits beside it (`--batches default` needs 2026-12-07 or later).
 
-    python benchmarks/engine_batching.py                   # attention scenes and compose
-    python benchmarks/engine_batching.py --images 512 --rates 0 0.05 0.2
+    python benchmarks/engine_batching.py                        # attention scenes and compose
+    python benchmarks/engine_batching.py --batches 8 16 --rates 0 0.05 0.2 --images 256
 """
 
 from __future__ import annotations
@@ -69,16 +66,6 @@ class Counter:
             DiffusionEngine._batch = real  # type: ignore[method-assign]
 
 
-class OneCallAtATime:
-    """The generator without `session`: each call generates and retries on its own (before)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def generate(self, jobs: Any) -> Any:
-        return self.inner.generate(jobs)
-
-
 def spec_for(kind: str, model: str, images: int, engine_batch: int, size: int) -> Spec:
     pipe = {"model": model, "steps": 2, "batch_size": engine_batch, "max_retries": 2}
     data: dict[str, Any] = {
@@ -104,23 +91,19 @@ def spec_for(kind: str, model: str, images: int, engine_batch: int, size: int) -
 
 
 def run_one(
-    spec: Spec, engine_batch: int, mode: str, batch_size: int | None, rate: float, out: Path
+    spec: Spec, engine_batch: int, batch_size: int | None, rate: float, out: Path
 ) -> dict[str, Any]:
-    make = build_mod.create_scene_generator
-    if mode == "before":
-        build_mod.create_scene_generator = lambda s: OneCallAtATime(make(s))  # type: ignore[assignment]
-    try:
-        with Counter(rate).installed() as counter:
-            t0 = time.perf_counter()
+    with Counter(rate).installed() as counter:
+        t0 = time.perf_counter()
+        if batch_size is None:  # the CLI's default
+            build_mod.build(spec, out, show_progress=False)
+        else:
             build_mod.build(spec, out, batch_size=batch_size, show_progress=False)
-            seconds = time.perf_counter() - t0
-    finally:
-        build_mod.create_scene_generator = make  # type: ignore[assignment]
+        seconds = time.perf_counter() - t0
     manifest = json.loads((out / "manifest.json").read_text())
     bs = engine_batch
     calls = sum(counter.calls.values())
     return {
-        "mode": mode,
         "build_batch": batch_size or "default",
         "rate": rate,
         "calls": calls,
@@ -140,25 +123,28 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.05, 0.2])
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--kinds", nargs="+", default=["attention", "compose"])
+    ap.add_argument(
+        "--batches", nargs="+", default=["default", "8"], help="build --batch-size values"
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
 
+    import synthvision
     from synthvision.hub import hide_loading_bars
     from tests import tiny_models
 
     hide_loading_bars()
+    print(f"synthvision from {Path(synthvision.__file__).parent}", file=sys.stderr)
     model = tiny_models.sd_model()
+    batches = [None if b == "default" else int(b) for b in args.batches]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             spec = spec_for(kind, model, args.images, args.engine_batch, args.size)
             for rate in args.rates:
-                # before: the old CLI default of 8 images per call, and one engine batch per
-                # call; now: the new default (the generator's preference), and 8 per call.
-                eb = args.engine_batch
-                for mode, batch in (("before", 8), ("before", eb), ("now", None), ("now", 8)):
-                    out = Path(tmp) / f"{kind}-{rate}-{mode}-{batch}"  # new: no resume
-                    row = {"kind": kind, **run_one(spec, eb, mode, batch, rate, out)}
+                for batch in batches:
+                    out = Path(tmp) / f"{kind}-{rate}-{batch}"  # a new folder: no resume
+                    row = {"kind": kind, **run_one(spec, args.engine_batch, batch, rate, out)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     if args.out:

@@ -122,8 +122,8 @@ def build(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Images per generator call. Default: a diffusion model's batch_size (4x for "
-            "diffusion objects), else 8. Never changes the dataset.",
+            help="Images per generator call. Default: a diffusion model's batch_size, else 8. "
+            "Never changes the dataset.",
             show_default=False,
         ),
     ] = None,

@@ -36,8 +36,8 @@ DEFAULT_BATCH_SIZE = 8
 
 def generation_batch_size(generator: Any, requested: int | None) -> int:
     """Images per generator call: `requested`, else the generator's `preferred_batch_size`
-    (diffusion models: a multiple of their engine batch, since every engine call costs a full
-    batch whatever it holds), else `DEFAULT_BATCH_SIZE`."""
+    (diffusion models: their engine batch, so each call hands on a full one), else
+    `DEFAULT_BATCH_SIZE`."""
     if requested is not None:
         return requested
     preferred = getattr(generator, "preferred_batch_size", None)

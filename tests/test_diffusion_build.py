@@ -178,8 +178,8 @@ def test_a_stream_of_attention_labeled_scenes_is_the_png_build(tmp_path: Path) -
 def test_default_generation_batch_follows_the_models_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without --batch-size a build hands a diffusion generator whole engine batches (4x for
-    diffusion objects, whose images hold one or more crops each), so no call is padded."""
+    """Without --batch-size a build hands a diffusion generator whole engine batches, so no
+    call is padded."""
     from synthvision.dataset_items import generation_batch_size
     from synthvision.generators.diffusion import DiffusionEngine
 
