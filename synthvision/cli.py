@@ -45,6 +45,9 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             _err("interrupted; re-run the same command to resume where it stopped")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            _stdout_gone()
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, as `yes | head` ends `yes`
         except OSError as exc:
             if exc.errno not in _DISK_ERRNOS:
                 raise
@@ -56,6 +59,16 @@ def user_errors(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stdout_gone() -> None:
+    """The reader of our output went away (`synthvision ... | head`): not an error of ours or
+    of the input. Point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    import os
+    import sys
+
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 _DISK_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded",
@@ -77,8 +90,8 @@ def data_errors(hint: str) -> Callable[[F], F]:
             except SpecError:  # already says what is wrong
                 raise
             except OSError as exc:
-                if exc.errno in _DISK_ERRNOS:
-                    raise
+                if exc.errno in _DISK_ERRNOS or isinstance(exc, BrokenPipeError):
+                    raise  # our output's problem, not the dataset's
                 raise SpecError(f"{_describe(exc)}; {hint.format(**kwargs)}") from None
             except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
                 raise SpecError(

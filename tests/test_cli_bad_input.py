@@ -289,3 +289,27 @@ def test_audit_refuses_settings_that_give_a_meaningless_verdict(
     monkeypatch.chdir(tmp_path)
     assert_one_error(invoke("audit", "builtin", *args), needle)
     assert os.listdir(tmp_path) == []  # no ./cvae-builtin-audit
+
+
+def test_a_reader_that_stops_early_is_not_blamed_on_the_dataset(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """`synthvision augment ... | head`: the closed pipe is not "check the files of SRC" (it
+    was, exit 2); the command ends quietly with 128 + SIGPIPE, as Unix tools do."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    cmd = [sys.executable, "-m", "synthvision", "augment", str(dataset), str(tmp_path / "aug")]
+    proc = subprocess.Popen(
+        [*cmd, "--preset", "light", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command prints its summary
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 141, stderr
+    assert stderr == ""
+    assert (tmp_path / "aug" / "manifest.json").is_file()  # the work itself was done
