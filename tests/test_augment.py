@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from synthvision.config import AugmentSpec
 from synthvision.errors import SpecError
 from synthvision.structures import Instances, Sample
 
-from .helpers import coco_self_eval_ap, dataset_digests
+from .helpers import coco_self_eval_ap, dataset_digests, small_spec
 
 A = pytest.importorskip("albumentations")
 
@@ -602,3 +605,100 @@ def test_augment_cli_errors_are_one_line(coco_source: Path, tmp_path: Path) -> N
         app, ["augment", str(tmp_path / "nope"), str(tmp_path / "x"), "--preset", "light"]
     )
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def _augment_files(out: Path) -> dict[str, bytes]:
+    """Every file of an augment output but the manifest (timings) and the folder marker."""
+    skip = {"manifest.json", ".synthvision.json"}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+def test_an_interrupted_augment_keeps_finished_images_and_ends_identical(
+    coco_source: Path, tmp_path: Path
+) -> None:
+    """Re-running the same command keeps the source images whose outputs were all finished and
+    makes the rest; the output equals an uninterrupted run's, provenance included."""
+    from synthvision.commands.augment import augment_dataset
+
+    opts: dict[str, Any] = {"preset": "heavy", "variants": 2, "keep_original": True, "seed": 3}
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    augment_dataset(coco_source, ref, **opts)
+    want = _augment_files(ref)
+
+    # As a kill leaves it: source image 0 (outputs 0-2) and the first output of image 1 done,
+    # output 4's line torn, output 5's image written without its line; no annotations yet.
+    augment_dataset(coco_source, out, **opts)
+    lines = (out / "provenance.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "provenance.jsonl").write_bytes(b"".join(lines[:4]) + lines[4][:20])
+    (out / "manifest.json").unlink()
+    for split in ("train", "val"):
+        (out / "coco" / "annotations" / f"instances_{split}.json").unlink()
+    (out / "yolo" / "data.yaml").unlink()
+    for i in range(6, 12):  # never written
+        split = "val" if i >= 9 else "train"
+        for tree in ("coco", "yolo"):
+            (out / tree / "images" / split / f"{i:09d}.jpg").unlink()
+        (out / "yolo" / "labels" / split / f"{i:09d}.txt").unlink()
+
+    manifest = augment_dataset(coco_source, out, **opts)
+    assert manifest["this_run"] == {"images_written": 9, "images_kept": 3}
+    assert _augment_files(out) == want
+    assert manifest["counts"] == json.loads((ref / "manifest.json").read_text())["counts"]
+
+
+def test_a_resume_never_trusts_a_line_whose_files_are_gone(
+    coco_source: Path, tmp_path: Path
+) -> None:
+    """A finished output whose image was deleted since is made again, with what follows it."""
+    from synthvision.commands.augment import augment_dataset
+
+    opts: dict[str, Any] = {"preset": "light", "variants": 1, "seed": 4}
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    augment_dataset(coco_source, ref, **opts)
+    augment_dataset(coco_source, out, **opts)
+    (out / "manifest.json").unlink()
+    (out / "yolo" / "images" / "train" / "000000001.jpg").unlink()
+    manifest = augment_dataset(coco_source, out, **opts)
+    assert manifest["this_run"] == {"images_written": 3, "images_kept": 1}
+    assert _augment_files(out) == _augment_files(ref)
+
+
+def test_augment_killed_part_way_then_rerun_is_identical(tmp_path: Path) -> None:
+    """SIGKILL at a random point of a real run, then the same command again."""
+    import signal
+    import subprocess
+    import sys
+
+    from synthvision.build import build
+
+    src = tmp_path / "src"
+    build(small_spec(num_images=24, image_size=[160, 160]), src, show_progress=False)
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+    def command(out: Path) -> list[str]:
+        options = ["--preset", "medium", "--variants", "2", "--keep-original", "--no-progress"]
+        return [sys.executable, "-m", "synthvision", "augment", str(src), str(out), *options]
+
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    subprocess.run(command(ref), check=True, capture_output=True, env=env)
+    proc = subprocess.Popen(
+        command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    provenance = out / "provenance.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if provenance.exists() and provenance.read_bytes().count(b"\n") >= 10:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the augment finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    rerun = subprocess.run(command(out), capture_output=True, text=True, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed:" in rerun.stdout
+    assert _augment_files(out) == _augment_files(ref)

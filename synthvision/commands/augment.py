@@ -15,9 +15,11 @@ crowd regions (`iscrowd: 1`) are not carried over, and the manifest counts them.
 
 OUT gets the layout of a build (`coco/`, `yolo/`, `spec.yaml`, `manifest.json` last), so
 `synthvision validate OUT` checks it, plus `provenance.jsonl` (one line per output image: its
-source file, variant, seed and the drawn augmentation parameters). Source image k (counted over
-splits in order) becomes output images k * (variants + keep_original) + slot, named by that
-index; variant v of it is seeded from (--seed, k, v), so the output is reproducible.
+source file, variant, seed, the drawn augmentation parameters, its size and labels). Source image
+k (counted over splits in order) becomes output images k * (variants + keep_original) + slot,
+named by that index; variant v of it is seeded from (--seed, k, v), so the output is
+reproducible. An interrupted run is resumed by the same command: a provenance line is written
+once its output's files exist, so the source images whose lines are all there are kept.
 """
 
 from __future__ import annotations
@@ -253,6 +255,41 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.replace(tmp, dst)
 
 
+def _finished_prefix(out: Path, per_source: int) -> tuple[int, int]:
+    """(source images whose outputs an interrupted run of the same settings finished, bytes of
+    `provenance.jsonl` their lines fill).
+
+    A line is written once its output's image and label files exist, in output order (output i
+    on line i). A torn last line, a line missing its files or its labels (an older version's),
+    and the lines of a half-done source image do not count: that image is made again.
+    """
+    path = out / PROVENANCE
+    if not path.is_file():
+        return 0, 0
+    lines = end = done = done_end = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                line = json.loads(raw) if raw.endswith(b"\n") else None
+            except ValueError:
+                line = None
+            if not (isinstance(line, dict) and line.get("index") == lines and _on_disk(out, line)):
+                break
+            lines, end = lines + 1, end + len(raw)
+            if lines % per_source == 0:
+                done, done_end = lines // per_source, end
+    return done, done_end
+
+
+def _on_disk(out: Path, line: dict[str, Any]) -> bool:
+    if not {"split", "file_name", "height", "width", "instances"} <= line.keys():
+        return False
+    split, name = str(line["split"]), str(line["file_name"])
+    label = out / "yolo" / "labels" / split / f"{Path(name).stem}.txt"
+    images = (out / tree / "images" / split / name for tree in ("coco", "yolo"))
+    return label.is_file() and all(p.is_file() for p in images)
+
+
 def _fingerprint(payload: dict[str, Any]) -> str:
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -397,8 +434,11 @@ def augment_dataset(
     try:
         if resumed and (out / MANIFEST).is_file():  # the same run already finished: nothing to do
             return read_manifest(out / MANIFEST)
-        # Partial outputs of an earlier run of these settings; the user's own files stay.
-        remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
+        # An interrupted run of these settings: its finished source images are kept (the same
+        # settings make the same bytes); anything else it wrote is made again.
+        kept_images, kept_bytes = _finished_prefix(out, per_source) if resumed else (0, 0)
+        if not kept_images:  # the user's own files stay
+            remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
         remove_stale_tmp(out)
         write_bytes_atomic(
             out / "spec.yaml",
@@ -435,18 +475,34 @@ def augment_dataset(
                     mask_mode=masks_mode,
                 )
             total_out = source.num_images * per_source
+            if kept_images:  # the kept lines stay; those of a half-done image go
+                with open(out / PROVENANCE, "r+b") as f:
+                    f.truncate(kept_bytes)
             with (
-                open(out / PROVENANCE, "w", encoding="utf-8") as provenance,
-                progress_bar(progress, total_out, 0, "augment") as tick,
+                open(out / PROVENANCE, "a" if kept_images else "w", encoding="utf-8") as provenance,
+                open(out / PROVENANCE, "rb") as kept,
+                progress_bar(progress, total_out, kept_images * per_source, "augment") as tick,
             ):
                 for k, item in enumerate(source.images):
-                    image = _load_rgb(item.path, item.size_hw)
                     top = int(item.instances.class_id.max()) if len(item.instances) else -1
                     if top >= len(class_map):
                         raise SpecError(
                             f"{item.path}: class id {top} has no name ({len(class_map)} "
                             "classes); fix the labels or the class list"
                         )
+                    if k < kept_images:  # finished by the interrupted run: its labels, in order
+                        for _ in range(per_source):
+                            line = json.loads(kept.readline())
+                            records = line["instances"]
+                            size_hw = (int(line["height"]), int(line["width"]))
+                            name = str(line["file_name"])
+                            writers[item.split].add_image(line["index"] + 1, name, size_hw, records)
+                            dropped += len(item.instances) - len(records)
+                            for r in records:
+                                per_class[int(r["class_id"])] += 1
+                            images_per_split[item.split] += 1
+                        continue
+                    image = _load_rgb(item.path, item.size_hw)
                     meta = {"source_file": str(item.path), "source_split": item.split}
                     sample = Sample(k, image, item.instances, meta)
                     outs: list[Sample] = []
@@ -480,9 +536,13 @@ def augment_dataset(
                             "index": o.index,
                             "file_name": name,
                             "split": item.split,
+                            "height": o.size_hw[0],
+                            "width": o.size_hw[1],
                             **o.metadata,
+                            "instances": records,  # what a resumed run needs of this output
                         }
                         provenance.write(json.dumps(line, allow_nan=False) + "\n")
+                        provenance.flush()  # after the files: a line means a finished output
                         tick(1)
             for writer in writers.values():
                 writer.close()
@@ -510,6 +570,10 @@ def augment_dataset(
                 "dropped_instances": dropped,
                 # Regions over a group of objects (COCO `iscrowd: 1`) are not instances to train on.
                 "crowd_regions_not_carried": source.crowd_regions,
+            },
+            "this_run": {  # a re-run after an interruption keeps what was finished
+                "images_written": total - kept_images * per_source,
+                "images_kept": kept_images * per_source,
             },
             "timings_s": {
                 "total": round(seconds, 3),
@@ -624,6 +688,9 @@ def augment_command(
         f"{manifest['source_format'].upper()} images: {per_split}; "
         f"{counts['instances']['total']} instances, {counts['dropped_instances']} dropped)"
     )
+    kept = manifest.get("this_run", {}).get("images_kept", 0)
+    if kept:
+        typer.echo(f"  resumed: {kept} images finished by the interrupted run were kept")
     if counts.get("crowd_regions_not_carried"):
         typer.echo(
             f"  note: {counts['crowd_regions_not_carried']} crowd region(s) (iscrowd: 1) of the "
