@@ -62,3 +62,20 @@ def coco_self_eval_ap(ann_path: Path, iou_type: str) -> float:
         ev.accumulate()
         ev.summarize()
     return float(ev.stats[0])
+
+
+def kill_after_lines(proc: Any, path: Path, lines: int, timeout_s: float = 120) -> None:
+    """SIGKILL the process `proc` (a Popen) once `path` holds `lines` complete lines: a run
+    interrupted at an arbitrary point of its work. Fails if it finished first."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and path.read_bytes().count(b"\n") >= lines:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, f"{path.name}: the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

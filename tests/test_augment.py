@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from synthvision.config import AugmentSpec
 from synthvision.errors import SpecError
 from synthvision.structures import Instances, Sample
 
-from .helpers import coco_self_eval_ap, dataset_digests, small_spec
+from .helpers import coco_self_eval_ap, dataset_digests, kill_after_lines, small_spec
 
 A = pytest.importorskip("albumentations")
 
@@ -669,7 +668,6 @@ def test_a_resume_never_trusts_a_line_whose_files_are_gone(
 
 def test_augment_killed_part_way_then_rerun_is_identical(tmp_path: Path) -> None:
     """SIGKILL at a random point of a real run, then the same command again."""
-    import signal
     import subprocess
     import sys
 
@@ -688,15 +686,7 @@ def test_augment_killed_part_way_then_rerun_is_identical(tmp_path: Path) -> None
     proc = subprocess.Popen(
         command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )
-    provenance = out / "provenance.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if provenance.exists() and provenance.read_bytes().count(b"\n") >= 10:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the augment finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_lines(proc, out / "provenance.jsonl", 10)
     assert not (out / "manifest.json").exists()
     rerun = subprocess.run(command(out), capture_output=True, text=True, env=env)
     assert rerun.returncode == 0, rerun.stderr

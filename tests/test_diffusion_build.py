@@ -50,6 +50,61 @@ STRATEGIES = {
 }
 
 
+class OneAfterTheOther:
+    """A generator with `generate` only: the build cannot pipeline or pack it, so every call
+    generates, retries and labels on its own (each engine batch padded)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def generate(self, jobs: Any) -> Any:
+        return self.inner.generate(jobs)
+
+
+def count_engine_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Record the real rows of every engine call, per engine: under `calls[calls["key"]]`."""
+    from synthvision.generators.diffusion import DiffusionEngine
+
+    calls: dict[str, Any] = {"key": None}
+    real_batch = DiffusionEngine._batch
+
+    def counted(engine: Any, requests: Any) -> Any:
+        calls.setdefault(calls["key"], {}).setdefault(id(engine), []).append(len(requests))
+        return real_batch(engine, requests)
+
+    monkeypatch.setattr(DiffusionEngine, "_batch", counted)
+    return calls
+
+
+def packed_and_one_after_the_other(
+    spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int
+) -> tuple[dict[str, Any], dict[str, list[list[int]]]]:
+    """Build `spec` as a build does (sessions: labels in flight, packed batches) and with
+    `OneAfterTheOther`: (digests, retries, rejected) and each engine's call rows, per way."""
+    from tests.helpers import dataset_digests
+
+    calls = count_engine_calls(monkeypatch)
+    make = build_mod.create_scene_generator
+    results = {}
+    for way in ("packed", "sequential"):
+        if way == "sequential":
+            monkeypatch.setattr(
+                build_mod, "create_scene_generator", lambda s: OneAfterTheOther(make(s))
+            )
+        calls["key"] = way
+        out = tmp_path / way
+        build_mod.build(spec, out, batch_size=batch_size, show_progress=False)
+        counts = json.loads((out / "manifest.json").read_text())["counts"]
+        results[way] = (dataset_digests(out), counts["retries"], counts["rejected_images"])
+    return results, {way: list(calls[way].values()) for way in ("packed", "sequential")}
+
+
+def full_but_the_final_rounds(rows: list[int], batch_size: int, max_retries: int) -> bool:
+    """Every call full, but for `finish`'s rounds: the rest, then its retries."""
+    first_padded = next((i for i, n in enumerate(rows) if n < batch_size), len(rows))
+    return len(rows) - first_padded <= max_retries + 1
+
+
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_strategy_builds_a_valid_dataset(strategy: str, tmp_path: Path) -> None:
     spec = STRATEGIES[strategy]()
@@ -98,49 +153,16 @@ def test_pipelined_and_packed_batches_change_nothing(
     """The build keeps one batch in flight and packs retries and small build batches into full
     engine batches (`generator.session()`): its bytes, retries included, are those of a build
     that generates and labels one batch after the other, each padded on its own."""
-    from synthvision.generators.diffusion import DiffusionEngine
-    from tests.helpers import dataset_digests
-
     params = {"model": tiny_models.sd_model(), **PIPE, "min_instances": 2, "max_retries": 1}
     spec = _spec(num_images=7, scene={"name": "diffusion-attention", "params": params})
-
-    class OneAfterTheOther:  # only `generate`: the build cannot pipeline it
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def generate(self, jobs: Any) -> Any:
-            return self.inner.generate(jobs)
-
-    calls: dict[str, list[int]] = {"pipelined": [], "sequential": []}
-    mode = "pipelined"
-    real_batch = DiffusionEngine._batch
-
-    def counted(engine: Any, requests: Any) -> Any:
-        calls[mode].append(len(requests))  # real rows; every call runs batch_size (4)
-        return real_batch(engine, requests)
-
-    monkeypatch.setattr(DiffusionEngine, "_batch", counted)
-    make = build_mod.create_scene_generator
-    results = {}
-    for mode in ("pipelined", "sequential"):
-        if mode == "sequential":
-            monkeypatch.setattr(
-                build_mod, "create_scene_generator", lambda s: OneAfterTheOther(make(s))
-            )
-        out = tmp_path / mode
-        build_mod.build(spec, out, batch_size=2, show_progress=False)  # half an engine batch
-        counts = json.loads((out / "manifest.json").read_text())["counts"]
-        results[mode] = (dataset_digests(out), counts["retries"], counts["rejected_images"])
-    assert results["pipelined"][1] > 0  # the case does exercise retries
-    assert results["pipelined"] == results["sequential"]
-    # The same rows, in fewer calls: full ones, but for the final rounds (rest, then retries).
-    assert sum(calls["pipelined"]) == sum(calls["sequential"])
-    first_padded = next(
-        (i for i, n in enumerate(calls["pipelined"]) if n < 4), len(calls["pipelined"])
-    )
-    assert all(n == 4 for n in calls["pipelined"][:first_padded])
-    assert len(calls["pipelined"]) - first_padded <= 2  # max_retries + 1
-    assert len(calls["pipelined"]) < len(calls["sequential"]), calls
+    # Build batches of 2: half an engine batch.
+    results, calls = packed_and_one_after_the_other(spec, tmp_path, monkeypatch, 2)
+    assert results["packed"][1] > 0  # the case does exercise retries
+    assert results["packed"] == results["sequential"]
+    [packed], [sequential] = calls["packed"], calls["sequential"]
+    assert sum(packed) == sum(sequential)  # the same rows, in fewer calls
+    assert full_but_the_final_rounds(packed, 4, max_retries=1), packed
+    assert len(packed) < len(sequential), calls
 
 
 def test_a_build_whose_every_image_is_rejected_is_an_error_not_a_dataset(tmp_path: Path) -> None:
@@ -181,19 +203,11 @@ def test_default_generation_batch_follows_the_models_batch(
     """Without --batch-size a build hands a diffusion generator whole engine batches, so no
     call is padded."""
     from synthvision.dataset_items import generation_batch_size
-    from synthvision.generators.diffusion import DiffusionEngine
 
-    rows: list[int] = []
-    real_batch = DiffusionEngine._batch
-
-    def counted(engine: Any, requests: Any) -> Any:
-        rows.append(len(requests))
-        return real_batch(engine, requests)
-
-    monkeypatch.setattr(DiffusionEngine, "_batch", counted)
+    calls = count_engine_calls(monkeypatch)
     spec = _spec(num_images=8, scene=STRATEGIES["diffusion-attention"]().scene)
     build_mod.build(spec, tmp_path / "out", show_progress=False)
-    assert rows == [4, 4]  # PIPE's batch_size: two full calls
+    assert list(calls[None].values()) == [[4, 4]]  # PIPE's batch_size: two full calls
     for name, want in (("diffusion-attention", 4), ("gligen", 4), ("compose+diffusion", 4)):
         generator = build_mod.create_scene_generator(STRATEGIES[name]())
         assert generation_batch_size(generator, None) == want, name
@@ -210,48 +224,16 @@ def test_compose_with_diffusion_sources_packs_crops_and_backgrounds_across_calls
 ) -> None:
     """Crops and backgrounds of successive build batches, and their retries, share full engine
     batches (`ComposeScene.session`): the bytes are those of one call after the other."""
-    from synthvision.generators.diffusion import DiffusionEngine
-    from tests.helpers import dataset_digests
-
     sd = tiny_models.sd_model()
     spec = _spec(
         num_images=12,
         objects={"name": "diffusion", "params": {"model": sd, **PIPE, "min_object_fraction": 0.5}},
         background={"name": "diffusion", "params": {"model": sd, **PIPE}},
     )
-
-    class OneAfterTheOther:  # only `generate`: each call's crops and retries on their own
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def generate(self, jobs: Any) -> Any:
-            return self.inner.generate(jobs)
-
-    calls: dict[str, dict[int, list[int]]] = {"packed": {}, "sequential": {}}
-    mode = "packed"
-    real_batch = DiffusionEngine._batch
-
-    def counted(engine: Any, requests: Any) -> Any:
-        calls[mode].setdefault(id(engine), []).append(len(requests))
-        return real_batch(engine, requests)
-
-    monkeypatch.setattr(DiffusionEngine, "_batch", counted)
-    make = build_mod.create_scene_generator
-    results = {}
-    for mode in ("packed", "sequential"):
-        if mode == "sequential":
-            monkeypatch.setattr(
-                build_mod, "create_scene_generator", lambda s: OneAfterTheOther(make(s))
-            )
-        out = tmp_path / mode
-        build_mod.build(spec, out, batch_size=2, show_progress=False)
-        counts = json.loads((out / "manifest.json").read_text())["counts"]
-        results[mode] = (dataset_digests(out), counts["retries"])
+    results, calls = packed_and_one_after_the_other(spec, tmp_path, monkeypatch, 2)
     assert results["packed"][1] > 0  # crops were retried
     assert results["packed"] == results["sequential"]
-    packed, sequential = calls["packed"].values(), calls["sequential"].values()
-    assert len(packed) == 2  # the object and the background engine
-    for rows in packed:  # full calls, but for the final rounds (the rest, then retries)
-        first_padded = next((i for i, n in enumerate(rows) if n < 4), len(rows))
-        assert len(rows) - first_padded <= 3, rows  # max_retries (2) + 1
-    assert sum(map(len, packed)) < sum(map(len, sequential)), calls
+    assert len(calls["packed"]) == 2  # the object and the background engine
+    for rows in calls["packed"]:
+        assert full_but_the_final_rounds(rows, 4, max_retries=2), rows
+    assert sum(map(len, calls["packed"])) < sum(map(len, calls["sequential"])), calls

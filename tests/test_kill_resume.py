@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-from .helpers import dataset_digests, small_spec
+from .helpers import dataset_digests, kill_after_lines, small_spec
 
 
 def _cli(spec_path: Path, out: Path) -> list[str]:
@@ -27,15 +24,7 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     subprocess.run(_cli(spec_path, ref), check=True, capture_output=True)
 
     proc = subprocess.Popen(_cli(spec_path, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    records = out / "shards/rank-00000/records.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if records.exists() and records.read_bytes().count(b"\n") >= 8:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the build finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_lines(proc, out / "shards/rank-00000/records.jsonl", 8)
     assert not (out / "manifest.json").exists()
 
     rerun = subprocess.run(_cli(spec_path, out), capture_output=True, text=True)

@@ -811,3 +811,30 @@ class SceneSession:
             [md for (_, md), _ in done],
             [result for _, result in done],
         )
+
+
+class EngineScenes:
+    """`generate`, `session` and `preferred_batch_size` of a scene generator on one engine:
+    subclasses set `name`, `labels` (what labels the samples) and `engine`, and say how a job
+    becomes a request (`scene_request`)."""
+
+    name: str
+    labels: str
+    engine: DiffusionEngine
+
+    def scene_request(self, job: ImageJob) -> tuple[GenRequest, dict[str, Any], Label]:
+        """The job's request, its metadata and its labeling function."""
+        raise NotImplementedError
+
+    def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
+        session = self.session()
+        return session.start(jobs)() + session.finish()
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """Jobs per `session().start` call: one engine batch, so each call generates one."""
+        return self.engine.batch_size
+
+    def session(self) -> SceneSession:
+        """Successive batches of jobs in shared engine batches, labeled in the background."""
+        return SceneSession(self.name, self.labels, self.engine, self.scene_request)

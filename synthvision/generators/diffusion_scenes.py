@@ -11,7 +11,6 @@ than `min_instances` are found is generated again with a new seed (then rejected
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -24,9 +23,9 @@ from synthvision.generators.base import SCENE_GENERATORS
 from synthvision.generators.batching import Label
 from synthvision.generators.diffusion import (
     DiffusionEngine,
+    EngineScenes,
     GenRequest,
     PipelineParams,
-    SceneSession,
     resize_rgb,
 )
 from synthvision.generators.prompts import (
@@ -40,7 +39,7 @@ from synthvision.generators.prompts import (
 )
 from synthvision.labelers import attention as attn_labels
 from synthvision.plan import ImageJob
-from synthvision.structures import Instances, Sample
+from synthvision.structures import Instances
 
 DEFAULT_SCENE_PROMPT = "a photo of {objects} in a {place}, {weather}, {time_of_day}"
 DEFAULT_EMPTY_PROMPT = "a photo of an empty {place}, {weather}, {time_of_day}"
@@ -108,10 +107,11 @@ class PromptedScenes:
         return gen, md
 
 
-class DiffusionAttentionScenes:
+class DiffusionAttentionScenes(EngineScenes):
     """`generate(jobs)` -> Samples labeled from cross-attention (masks, boxes, scores)."""
 
     name = "diffusion-attention"
+    labels = "cross-attention"
 
     def __init__(self, params: DiffusionSceneParams, spec: Spec, where: str = "scene.params"):
         self.params = params
@@ -143,20 +143,7 @@ class DiffusionAttentionScenes:
             return None, "no_instances"
         return (image, inst), None
 
-    def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
-        session = self.session()
-        return session.start(jobs)() + session.finish()
-
-    @property
-    def preferred_batch_size(self) -> int:
-        """Jobs per `session().start` call: one engine batch, so each call generates one."""
-        return self.engine.batch_size
-
-    def session(self) -> SceneSession:
-        """Successive batches of jobs in shared engine batches, labeled in the background."""
-        return SceneSession(self.name, "cross-attention", self.engine, self._request)
-
-    def _request(self, job: ImageJob) -> tuple[GenRequest, dict[str, Any], Label]:
+    def scene_request(self, job: ImageJob) -> tuple[GenRequest, dict[str, Any], Label]:
         gen, md = self.prompts.build(job, self.engine, self.params.negative_prompt)
         return gen, md, functools.partial(self._labels, job)
 

@@ -26,9 +26,9 @@ from synthvision.generators.base import SCENE_GENERATORS
 from synthvision.generators.batching import Label
 from synthvision.generators.diffusion import (
     DiffusionEngine,
+    EngineScenes,
     GenRequest,
     PipelineParams,
-    SceneSession,
     load_pipeline,
     resize_rgb,
 )
@@ -45,7 +45,7 @@ from synthvision.generators.prompts import (
 from synthvision.labelers import attention as attn_labels
 from synthvision.layout import place_objects
 from synthvision.plan import ImageJob
-from synthvision.structures import Instances, Sample
+from synthvision.structures import Instances
 
 if TYPE_CHECKING:
     import torch
@@ -169,10 +169,11 @@ class GligenEngine(DiffusionEngine):
         return latents
 
 
-class GligenScenes:
+class GligenScenes(EngineScenes):
     """`generate(jobs)` -> Samples labeled by their layout boxes (tightened by attention)."""
 
     name = "gligen"
+    labels = "layout"
 
     def __init__(self, params: GligenParams, spec: Spec, where: str = "scene.params") -> None:
         self.params = params
@@ -233,20 +234,7 @@ class GligenScenes:
         keep = masks.reshape(len(masks), -1).any(axis=1)  # fully covered boxes are not visible
         return (image, Instances(boxes[keep], ids[keep], masks=masks[keep])), None
 
-    def generate(self, jobs: Sequence[ImageJob]) -> list[Sample]:
-        session = self.session()
-        return session.start(jobs)() + session.finish()
-
-    @property
-    def preferred_batch_size(self) -> int:
-        """Jobs per `session().start` call: one engine batch, so each call generates one."""
-        return self.engine.batch_size
-
-    def session(self) -> SceneSession:
-        """Successive batches of jobs in shared engine batches, labeled in the background."""
-        return SceneSession(self.name, "layout", self.engine, self._scene_request)
-
-    def _scene_request(self, job: ImageJob) -> tuple[GenRequest, dict[str, Any], Label]:
+    def scene_request(self, job: ImageJob) -> tuple[GenRequest, dict[str, Any], Label]:
         gen, md, layout = self._request(job)
         return gen, md, functools.partial(self._labels, job, layout)
 
