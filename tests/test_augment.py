@@ -692,3 +692,28 @@ def test_augment_killed_part_way_then_rerun_is_identical(tmp_path: Path) -> None
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed:" in rerun.stdout
     assert _augment_files(out) == _augment_files(ref)
+
+
+def test_a_resume_starts_over_when_the_source_labels_changed(
+    coco_source: Path, tmp_path: Path
+) -> None:
+    """Outputs of an interrupted run made from other labels are not kept: the output is that of
+    a fresh run on the source as it is now."""
+    import shutil
+
+    from synthvision.commands.augment import augment_dataset
+
+    src = Path(shutil.copytree(coco_source, tmp_path / "src"))
+    opts: dict[str, Any] = {"preset": "light", "variants": 1, "seed": 4}
+    out = tmp_path / "out"
+    augment_dataset(src, out, **opts)
+    (out / "manifest.json").unlink()  # as if interrupted at the very end
+    ann = src / "annotations" / "instances_train.json"
+    doc = json.loads(ann.read_text())
+    doc["annotations"] = doc["annotations"][1:]  # the user fixes a label
+    ann.write_text(json.dumps(doc))
+    manifest = augment_dataset(src, out, **opts)
+    assert manifest["this_run"] == {"images_written": 4, "images_kept": 0}
+    fresh = tmp_path / "fresh"
+    augment_dataset(src, fresh, **opts)
+    assert _augment_files(out) == _augment_files(fresh)

@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -71,6 +71,16 @@ class SourceDataset:
     images: Iterator[SourceImage]  # split by split, in file order
     num_images: int
     crowd_regions: int = 0  # COCO `iscrowd: 1` annotations, which are not carried over
+    label_files: list[Path] = field(default_factory=list)  # COCO JSON, or data.yaml + labels
+
+    def label_state(self) -> str:
+        """Digest of the label files' names, sizes and modification times: a resume keeps
+        earlier outputs only while it is the same."""
+        stats = []
+        for path in self.label_files:
+            st = path.stat()
+            stats.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+        return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
 def _load_rgb(path: Path, size_hw: tuple[int, int] | None) -> npt.NDArray[np.uint8]:
@@ -160,7 +170,9 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
 
     total = sum(len(d["images"]) for _, _, d in docs)
     root = ann_paths[0].parent
-    return SourceDataset("coco", root, class_map, splits, has_masks, _iter(), total, crowd)
+    return SourceDataset(
+        "coco", root, class_map, splits, has_masks, _iter(), total, crowd, list(ann_paths)
+    )
 
 
 def _yolo_has_polygons(labels_dir: Path) -> bool:
@@ -195,7 +207,9 @@ def _read_yolo(root: Path) -> SourceDataset:
                 yield SourceImage(split, path, item.size_hw, item.instances)
 
     total = sum(len(list_images(images_root / s)) for s in splits)
-    return SourceDataset("yolo", root, class_map, splits, any(polygons.values()), _iter(), total)
+    labels = [root / DATA_YAML, *sorted((root / "labels").glob("*/*.txt"))]
+    has_masks = any(polygons.values())
+    return SourceDataset("yolo", root, class_map, splits, has_masks, _iter(), total, 0, labels)
 
 
 def _coco_files(folder: Path) -> list[Path]:
@@ -279,6 +293,16 @@ def _finished_prefix(out: Path, per_source: int) -> tuple[int, int]:
             if lines % per_source == 0:
                 done, done_end = lines // per_source, end
     return done, done_end
+
+
+def _recorded_label_state(out: Path) -> str | None:
+    """The source label state the run that wrote OUT's spec.yaml started from."""
+    try:
+        text = (out / "spec.yaml").read_text(encoding="utf-8")
+        doc = json.loads(text[text.index("{") :])
+    except (OSError, ValueError):
+        return None
+    return doc.get("source_label_state") if isinstance(doc, dict) else None
 
 
 def _on_disk(out: Path, line: dict[str, Any]) -> bool:
@@ -435,8 +459,11 @@ def augment_dataset(
         if resumed and (out / MANIFEST).is_file():  # the same run already finished: nothing to do
             return read_manifest(out / MANIFEST)
         # An interrupted run of these settings: its finished source images are kept (the same
-        # settings make the same bytes); anything else it wrote is made again.
-        kept_images, kept_bytes = _finished_prefix(out, per_source) if resumed else (0, 0)
+        # settings make the same bytes) unless the source's labels changed since; anything else
+        # it wrote is made again.
+        label_state = source.label_state()
+        same_source = resumed and _recorded_label_state(out) == label_state
+        kept_images, kept_bytes = _finished_prefix(out, per_source) if same_source else (0, 0)
         if not kept_images:  # the user's own files stay
             remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
         remove_stale_tmp(out)
@@ -444,7 +471,13 @@ def augment_dataset(
             out / "spec.yaml",
             "# Written by `synthvision augment` (not a build spec): what was augmented, and how.\n"
             + json.dumps(
-                {"kind": "augment", "synthvision_version": __version__, **settings}, indent=2
+                {
+                    "kind": "augment",
+                    "synthvision_version": __version__,
+                    **settings,
+                    "source_label_state": label_state,
+                },
+                indent=2,
             )
             + "\n",
         )
