@@ -717,3 +717,38 @@ def test_a_resume_starts_over_when_the_source_labels_changed(
     fresh = tmp_path / "fresh"
     augment_dataset(src, fresh, **opts)
     assert _augment_files(out) == _augment_files(fresh)
+
+
+@pytest.mark.parametrize("state_sees_it", [True, False])
+def test_a_resume_after_images_were_added_to_the_source_equals_a_fresh_run(
+    coco_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_sees_it: bool
+) -> None:
+    """An unlabeled image added to a YOLO source (it changes no label file) shifts every source
+    index after it: the outputs kept must still be those of the same source images. The source
+    state sees the new image (start over); were it to miss a change, each kept line is checked
+    against its source image, and the first mismatch makes that image and the rest again."""
+    import shutil
+
+    from synthvision.commands import augment as augment_mod
+
+    yolo = tmp_path / "yolo-src"
+    augment_mod.augment_dataset(coco_source, tmp_path / "as-yolo", preset="light", seed=1)
+    shutil.copytree(tmp_path / "as-yolo" / "yolo", yolo)
+    opts: dict[str, Any] = {"preset": "medium", "variants": 1, "seed": 1}
+    out = tmp_path / "out"
+    augment_mod.augment_dataset(yolo, out, **opts)
+    lines = (out / "provenance.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "provenance.jsonl").write_bytes(b"".join(lines[:3]))
+    (out / "manifest.json").unlink()
+    train = sorted((yolo / "images" / "train").iterdir())
+    shutil.copy(train[-1], train[0].with_name(f"0{train[1].name}"))  # sorts second, no label
+    if not state_sees_it:
+        monkeypatch.setattr(augment_mod.SourceDataset, "state", lambda self: "unchanged")
+        (out / "spec.yaml").write_text(
+            "#\n" + json.dumps({"source_state": "unchanged"})
+        )  # as if the interrupted run had seen the same state
+    manifest = augment_mod.augment_dataset(yolo, out, **opts)
+    assert manifest["this_run"]["images_kept"] == (0 if state_sees_it else 1)
+    fresh = tmp_path / "fresh"
+    augment_mod.augment_dataset(yolo, fresh, **opts)
+    assert _augment_files(out) == _augment_files(fresh)

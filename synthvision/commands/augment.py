@@ -71,15 +71,18 @@ class SourceDataset:
     images: Iterator[SourceImage]  # split by split, in file order
     num_images: int
     crowd_regions: int = 0  # COCO `iscrowd: 1` annotations, which are not carried over
-    label_files: list[Path] = field(default_factory=list)  # COCO JSON, or data.yaml + labels
+    # What the source is made of: COCO JSON files and image folders; YOLO's data.yaml, label
+    # files and images.
+    state_paths: list[Path] = field(default_factory=list)
 
-    def label_state(self) -> str:
-        """Digest of the label files' names, sizes and modification times: a resume keeps
-        earlier outputs only while it is the same."""
-        stats = []
-        for path in self.label_files:
+    def state(self) -> str:
+        """Digest of `state_paths`: names, and a file's size and modification time. A resume
+        keeps earlier outputs only while it is the same."""
+        stats: list[list[Any]] = []
+        for path in self.state_paths:
             st = path.stat()
-            stats.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+            kind = [] if path.is_dir() else [st.st_size, st.st_mtime_ns]
+            stats.append([str(path.resolve()), *kind])
         return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
@@ -170,9 +173,8 @@ def _read_coco(ann_paths: list[Path], images: Path | None) -> SourceDataset:
 
     total = sum(len(d["images"]) for _, _, d in docs)
     root = ann_paths[0].parent
-    return SourceDataset(
-        "coco", root, class_map, splits, has_masks, _iter(), total, crowd, list(ann_paths)
-    )
+    state = [*ann_paths, *folders]
+    return SourceDataset("coco", root, class_map, splits, has_masks, _iter(), total, crowd, state)
 
 
 def _yolo_has_polygons(labels_dir: Path) -> bool:
@@ -206,10 +208,11 @@ def _read_yolo(root: Path) -> SourceDataset:
                 path = images_root / split / item.file_name
                 yield SourceImage(split, path, item.size_hw, item.instances)
 
-    total = sum(len(list_images(images_root / s)) for s in splits)
+    images = [path for s in splits for path in list_images(images_root / s)]
     labels = [root / DATA_YAML, *sorted((root / "labels").glob("*/*.txt"))]
     has_masks = any(polygons.values())
-    return SourceDataset("yolo", root, class_map, splits, has_masks, _iter(), total, 0, labels)
+    state = [*labels, *images]
+    return SourceDataset("yolo", root, class_map, splits, has_masks, _iter(), len(images), 0, state)
 
 
 def _coco_files(folder: Path) -> list[Path]:
@@ -295,14 +298,35 @@ def _finished_prefix(out: Path, per_source: int) -> tuple[int, int]:
     return done, done_end
 
 
-def _recorded_label_state(out: Path) -> str | None:
-    """The source label state the run that wrote OUT's spec.yaml started from."""
+def _recorded_source_state(out: Path) -> str | None:
+    """The `SourceDataset.state` the run that wrote OUT's spec.yaml started from."""
     try:
         text = (out / "spec.yaml").read_text(encoding="utf-8")
         doc = json.loads(text[text.index("{") :])
     except (OSError, ValueError):
         return None
-    return doc.get("source_label_state") if isinstance(doc, dict) else None
+    return doc.get("source_state") if isinstance(doc, dict) else None
+
+
+def _remove_unlisted_outputs(out: Path) -> None:
+    """Remove the image and label files of OUT that no provenance line names (stale outputs of
+    an interrupted run whose source images moved); index-named files only, as `own_files`."""
+    from synthvision.outdir import own_files
+
+    listed: set[tuple[str, str]] = set()
+    with open(out / PROVENANCE, "rb") as f:
+        for raw in f:
+            line = json.loads(raw)
+            listed.add((str(line["split"]), Path(str(line["file_name"])).stem))
+    for path in own_files(out, trees=("coco", "yolo")):
+        if path.parent.parent.name in ("images", "labels"):
+            if (path.parent.name, path.stem) not in listed:
+                path.unlink()
+
+
+def _made_from(line: dict[str, Any], item: SourceImage) -> bool:
+    """Whether a provenance line is an output of source image `item`."""
+    return line.get("source_file") == str(item.path) and line.get("split") == item.split
 
 
 def _on_disk(out: Path, line: dict[str, Any]) -> bool:
@@ -459,10 +483,10 @@ def augment_dataset(
         if resumed and (out / MANIFEST).is_file():  # the same run already finished: nothing to do
             return read_manifest(out / MANIFEST)
         # An interrupted run of these settings: its finished source images are kept (the same
-        # settings make the same bytes) unless the source's labels changed since; anything else
-        # it wrote is made again.
-        label_state = source.label_state()
-        same_source = resumed and _recorded_label_state(out) == label_state
+        # settings make the same bytes) unless the source changed since; anything else it wrote
+        # is made again.
+        source_state = source.state()
+        same_source = resumed and _recorded_source_state(out) == source_state
         kept_images, kept_bytes = _finished_prefix(out, per_source) if same_source else (0, 0)
         if not kept_images:  # the user's own files stay
             remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
@@ -475,7 +499,7 @@ def augment_dataset(
                     "kind": "augment",
                     "synthvision_version": __version__,
                     **settings,
-                    "source_label_state": label_state,
+                    "source_state": source_state,
                 },
                 indent=2,
             )
@@ -524,17 +548,26 @@ def augment_dataset(
                             "classes); fix the labels or the class list"
                         )
                     if k < kept_images:  # finished by the interrupted run: its labels, in order
-                        for _ in range(per_source):
-                            line = json.loads(kept.readline())
-                            records = line["instances"]
-                            size_hw = (int(line["height"]), int(line["width"]))
-                            name = str(line["file_name"])
-                            writers[item.split].add_image(line["index"] + 1, name, size_hw, records)
-                            dropped += len(item.instances) - len(records)
-                            for r in records:
-                                per_class[int(r["class_id"])] += 1
-                            images_per_split[item.split] += 1
-                        continue
+                        at = kept.tell()
+                        done = [json.loads(kept.readline()) for _ in range(per_source)]
+                        if all(_made_from(line, item) for line in done):
+                            for line in done:
+                                records = line["instances"]
+                                size_hw = (int(line["height"]), int(line["width"]))
+                                name = str(line["file_name"])
+                                writers[item.split].add_image(
+                                    line["index"] + 1, name, size_hw, records
+                                )
+                                dropped += len(item.instances) - len(records)
+                                for r in records:
+                                    per_class[int(r["class_id"])] += 1
+                                images_per_split[item.split] += 1
+                            continue
+                        # Made from another source image (a change the source state missed):
+                        # this one and all after it are made again, their lines appended here.
+                        kept_images = k
+                        with open(out / PROVENANCE, "r+b") as f:
+                            f.truncate(at)
                     image = _load_rgb(item.path, item.size_hw)
                     meta = {"source_file": str(item.path), "source_split": item.split}
                     sample = Sample(k, image, item.instances, meta)
@@ -583,6 +616,8 @@ def augment_dataset(
             for writer in writers.values():
                 writer.abort()
             raise
+        if resumed:  # outputs an interrupted run made of another source image (a new index)
+            _remove_unlisted_outputs(out)
         write_data_yaml(out / "yolo", class_map, source.splits, images_per_split)
 
         total = sum(images_per_split.values())
