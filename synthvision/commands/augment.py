@@ -78,11 +78,13 @@ class SourceDataset:
     def state(self) -> str:
         """Digest of `state_paths`: names, and a file's size and modification time. A resume
         keeps earlier outputs only while it is the same."""
+        import stat
+
         stats: list[list[Any]] = []
-        for path in self.state_paths:
+        for path in self.state_paths:  # one stat call each: YOLO lists every image
             st = path.stat()
-            kind = [] if path.is_dir() else [st.st_size, st.st_mtime_ns]
-            stats.append([str(path.resolve()), *kind])
+            kind = [] if stat.S_ISDIR(st.st_mode) else [st.st_size, st.st_mtime_ns]
+            stats.append([os.path.abspath(path), *kind])
         return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
@@ -488,6 +490,7 @@ def augment_dataset(
         source_state = source.state()
         same_source = resumed and _recorded_source_state(out) == source_state
         kept_images, kept_bytes = _finished_prefix(out, per_source) if same_source else (0, 0)
+        moved = False  # a kept line turned out to name another source image
         if not kept_images:  # the user's own files stay
             remove_own_outputs(out, trees=("coco", "yolo"), files=(PROVENANCE, MANIFEST))
         remove_stale_tmp(out)
@@ -565,7 +568,7 @@ def augment_dataset(
                             continue
                         # Made from another source image (a change the source state missed):
                         # this one and all after it are made again, their lines appended here.
-                        kept_images = k
+                        kept_images, moved = k, True
                         with open(out / PROVENANCE, "r+b") as f:
                             f.truncate(at)
                     image = _load_rgb(item.path, item.size_hw)
@@ -616,7 +619,7 @@ def augment_dataset(
             for writer in writers.values():
                 writer.abort()
             raise
-        if resumed:  # outputs an interrupted run made of another source image (a new index)
+        if moved:  # outputs the interrupted run made of source images that moved since
             _remove_unlisted_outputs(out)
         write_data_yaml(out / "yolo", class_map, source.splits, images_per_split)
 

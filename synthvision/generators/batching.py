@@ -138,7 +138,6 @@ class BatchQueue:
         self._waiting: list[_Entry] = []  # to generate: retries first, then new requests
         self._rows: list[_Row] = []  # generated, decision pending
         self._launches = 0
-        self.batches = 0  # engine calls made (each `batch_size` rows)
 
     def put(self, request: GenRequest, label: Label | None = None, tag: Any = None) -> None:
         entry = _Entry(request, label, tag, [int(request.seed)])
@@ -160,7 +159,6 @@ class BatchQueue:
             for start in range(0, stop, bs):
                 chunk = entries[start : start + bs]
                 outs = self.runner._batch([replace(e.request, seed=e.tried[-1]) for e in chunk])
-                self.batches += 1
                 for e, out in zip(chunk, outs, strict=True):
                     # Only an image that passed its checks gets labels.
                     labels = None

@@ -169,18 +169,15 @@ class ComposeSession:
 
     def start(self, jobs: Sequence[ImageJob]) -> Callable[[], list[Sample]]:
         layout = self.scene.spec.layout
-        started = []
         for job in jobs:
             placed = place_objects(job.class_ids, job.size_hw, layout, job.rng("layout"))
             n = len(placed)
             parts = _Parts(placed, [None] * n, [{} for _ in placed], missing=n + 1)
             for k, request in enumerate(self.scene.crop_requests(job, placed)):
                 self.objects.put(request, (parts, k))
-            started.append((job, parts))
-        for job, parts in started:
             background = BackgroundRequest(job.size_hw, job.derive_seed("background"), job.index)
             self.backgrounds.put(background, parts)
-        self._jobs.extend(started)
+            self._jobs.append((job, parts))
         # Crops first, then backgrounds, as `generate` always made them.
         marks = self.objects.launch(), self.backgrounds.launch()
 

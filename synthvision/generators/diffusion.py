@@ -23,7 +23,6 @@ see `synthvision.labelers.attention`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import json
 import os
@@ -455,12 +454,6 @@ def _first_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-# finalize(request index, image uint8 (H, W, 3), maps (Q, h, w) | None) -> (payload, failure)
-Finalize = Callable[
-    [int, npt.NDArray[np.uint8], "npt.NDArray[np.float32] | None"], tuple[Any, "str | None"]
-]
-
-
 class DiffusionEngine:
     """Runs `GenRequest`s through a loaded pipeline in padded batches, with retries."""
 
@@ -531,14 +524,12 @@ class DiffusionEngine:
 
     # -- public ----------------------------------------------------------------------------
 
-    def run(
-        self, requests: Sequence[GenRequest], finalize: Finalize | None = None
-    ) -> list[GenResult]:
-        """Generate every request; failed decodes / finalize failures are retried per policy.
-        Retries share batches (`BatchQueue`); only the last batch of a size is padded."""
+    def run(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """Generate every request; failed decodes are retried per policy. Retries share
+        batches (`BatchQueue`); only the last batch of a size is padded."""
         queue = BatchQueue(self)
-        for i, r in enumerate(requests):
-            queue.put(r, None if finalize is None else functools.partial(finalize, i))
+        for r in requests:
+            queue.put(r)
         return [result for _, result in queue.finish()]
 
     @property

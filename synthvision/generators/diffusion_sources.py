@@ -105,7 +105,35 @@ class SourceQueue:
         return [array for _, array, _ in done], [md for _, _, md in done]
 
 
-class DiffusionObjectSource:
+class QueuedSource:
+    """A diffusion source: requests become `GenRequest`s (`_request`), results become arrays
+    (`_output`), in shared engine batches across calls (`queue`, compose's session) or all at
+    once (`_run`, which sets `last_metadata`: one dict per array)."""
+
+    engine: DiffusionEngine
+    last_metadata: list[dict[str, Any]]
+
+    def _request(self, request: Any) -> tuple[GenRequest, dict[str, Any], Label | None]:
+        raise NotImplementedError
+
+    def _output(self, request: Any, res: GenResult) -> npt.NDArray[np.uint8]:
+        raise NotImplementedError
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """Images per call: one engine batch (an image holds one background, and one or more
+        crops)."""
+        return self.engine.batch_size
+
+    def queue(self) -> SourceQueue:
+        return SourceQueue(self.engine, self._request, self._output)
+
+    def _run(self, requests: Sequence[Any]) -> list[npt.NDArray[np.uint8]]:
+        arrays, self.last_metadata = self.queue().run(requests)
+        return arrays
+
+
+class DiffusionObjectSource(QueuedSource):
     """`crops(requests)` -> RGBA crops (h, w, 4); `last_metadata` holds one dict per crop."""
 
     def __init__(
@@ -136,15 +164,6 @@ class DiffusionObjectSource:
             self.templates[name] = tmpls
         self.engine = DiffusionEngine.from_params(params, where)
         self.last_metadata: list[dict[str, Any]] = []
-
-    @property
-    def preferred_batch_size(self) -> int:
-        """Images per call: one engine batch (an image holds one or more crops)."""
-        return self.engine.batch_size
-
-    def queue(self) -> SourceQueue:
-        """Crops of successive calls in shared engine batches (compose's session uses it)."""
-        return SourceQueue(self.engine, self._request, self._crop)
 
     def _request(self, req: CropRequest) -> tuple[GenRequest, dict[str, Any], Label]:
         rng = randomness.rng(req.seed, 0, "prompt")
@@ -198,16 +217,14 @@ class DiffusionObjectSource:
         rgba = np.dstack([image[y1:y2, x1:x2], mask[y1:y2, x1:x2].astype(np.uint8) * 255])
         return np.ascontiguousarray(rgba, dtype=np.uint8), None
 
-    @staticmethod
-    def _crop(_req: CropRequest, res: GenResult) -> npt.NDArray[np.uint8]:
+    def _output(self, _req: CropRequest, res: GenResult) -> npt.NDArray[np.uint8]:
         if res.payload is None:  # rejected: a fully transparent crop carries no object
             h, w = res.image.shape[:2]
             return np.zeros((h, w, 4), np.uint8)
         return res.payload  # type: ignore[no-any-return]
 
     def crops(self, requests: Sequence[CropRequest]) -> list[npt.NDArray[np.uint8]]:
-        crops, self.last_metadata = self.queue().run(requests)
-        return crops
+        return self._run(requests)
 
 
 @OBJECT_SOURCES.register("diffusion", DiffusionObjectParams)
@@ -236,7 +253,7 @@ class DiffusionBackgroundParams(PipelineParams):
     prompt: str = DEFAULT_BACKGROUND_PROMPT
 
 
-class DiffusionBackgroundSource:
+class DiffusionBackgroundSource(QueuedSource):
     """`backgrounds(requests)` -> RGB (H, W, 3) of each request's exact size."""
 
     def __init__(self, params: DiffusionBackgroundParams, where: str = "background.params"):
@@ -245,15 +262,6 @@ class DiffusionBackgroundSource:
         check_template(params.prompt, set(self.attributes), f"{where}.prompt")
         self.engine = DiffusionEngine.from_params(params, where)
         self.last_metadata: list[dict[str, Any]] = []
-
-    @property
-    def preferred_batch_size(self) -> int:
-        """Images per call: one engine batch (one background per image)."""
-        return self.engine.batch_size
-
-    def queue(self) -> SourceQueue:
-        """Backgrounds of successive calls in shared engine batches (compose's session)."""
-        return SourceQueue(self.engine, self._request, self._background)
 
     def _request(self, r: BackgroundRequest) -> tuple[GenRequest, dict[str, Any], None]:
         rng = randomness.rng(r.seed, 0, "prompt")
@@ -268,13 +276,11 @@ class DiffusionBackgroundSource:
         )
         return gen, {"prompt": prompt, "attributes": attrs, **self.engine.describe()}, None
 
-    @staticmethod
-    def _background(r: BackgroundRequest, res: GenResult) -> npt.NDArray[np.uint8]:
+    def _output(self, r: BackgroundRequest, res: GenResult) -> npt.NDArray[np.uint8]:
         return resize_rgb(res.image, r.size_hw)
 
     def backgrounds(self, requests: Sequence[BackgroundRequest]) -> list[npt.NDArray[np.uint8]]:
-        backgrounds, self.last_metadata = self.queue().run(requests)
-        return backgrounds
+        return self._run(requests)
 
 
 @BACKGROUND_SOURCES.register("diffusion", DiffusionBackgroundParams)
